@@ -1,0 +1,22 @@
+//! polymur: a Graphite plaintext relay.
+//!
+//! Lines arrive on many TCP connections ([`listener`]), are validated and normalised without allocating per line
+//! ([`line`]), collected into immutable batches ([`batch`]), handed by the [`router`] to one bounded queue per
+//! destination ([`destination`]), and written out by one reconnecting writer per destination. [`stats`] holds the
+//! counters every stage increments; [`http`] serves them. [`relay`] wires the stages together and owns the shutdown
+//! order. See `ARCHITECTURE.md` for the pipeline and its invariants.
+
+pub mod batch;
+pub mod cli;
+pub mod config;
+pub mod destination;
+pub mod http;
+pub mod line;
+pub mod listener;
+pub mod relay;
+pub mod router;
+pub mod shutdown;
+pub mod stats;
+
+pub use config::Config;
+pub use relay::{Relay, RelayHandle};

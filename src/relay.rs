@@ -1,0 +1,5 @@
+//! TODO
+/// TODO
+pub struct Relay;
+/// TODO
+pub struct RelayHandle;

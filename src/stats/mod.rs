@@ -1,0 +1,156 @@
+//! Counters of every stage, in one place that the periodic log line, `/stats`, and the self-metrics all read.
+//!
+//! Each counter is an atomic owned by the stage that increments it (listener, connection, router, destination
+//! writer); hot loops sum locally and add once per read or per write. Gauges (open connections, queued lines) go up
+//! and down. Invariants: nothing here blocks, and a counter is never reset (rates are computed by readers from two
+//! snapshots). For every destination, `received_valid = sent + dropped + queued + in flight` once the relay is idle.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::line::{Invalid, LineCounts, Note};
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted and handed to a connection task.
+    pub connections_accepted: AtomicU64,
+    /// Connections accepted and closed at once because `listen.max_connections` were open.
+    pub connections_rejected: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicI64,
+    /// Connections closed by the relay after `listen.idle_timeout` without a complete line.
+    pub connections_idle_closed: AtomicU64,
+    /// Errors returned by `accept` (EMFILE and the like), after which the accept loop backs off.
+    pub accept_errors: AtomicU64,
+    /// Bytes read from client connections.
+    pub bytes_received: AtomicU64,
+    /// Valid lines accepted (and so handed to every destination queue, or dropped there and counted).
+    pub lines_received: AtomicU64,
+    /// Lines not forwarded, by [`Invalid`] reason.
+    pub lines_invalid: [AtomicU64; Invalid::ALL.len()],
+    /// Forwarded lines with a [`Note`].
+    pub lines_noted: [AtomicU64; Note::ALL.len()],
+    /// Valid lines dropped because no destination is configured.
+    pub lines_dropped_no_destination: AtomicU64,
+    /// Lines accepted but not yet in any destination queue (sitting in connection batches).
+    pub inbound_lines: AtomicI64,
+}
+
+/// Counters of one destination.
+#[derive(Debug)]
+pub struct DestinationStats {
+    /// The destination as configured, `host:port`.
+    pub address: String,
+    /// True while a connection to the destination is open.
+    pub connected: AtomicBool,
+    /// Lines in the queue now (including the batches being written).
+    pub queued_lines: AtomicI64,
+    /// Bytes in the queue now (including the batches being written).
+    pub queued_bytes: AtomicI64,
+    /// Lines written to the destination's socket.
+    pub sent_lines: AtomicU64,
+    /// Bytes written to the destination's socket.
+    pub sent_bytes: AtomicU64,
+    /// Lines dropped, by [`DropReason`].
+    pub dropped_lines: [AtomicU64; DropReason::ALL.len()],
+    /// Successful connects.
+    pub connects: AtomicU64,
+    /// Failed connect attempts (refused, timed out, name not resolved).
+    pub connect_failures: AtomicU64,
+    /// Connections lost after they were established (write error or timeout).
+    pub disconnects: AtomicU64,
+    /// Writes that made no progress within `destination.write_timeout`.
+    pub write_timeouts: AtomicU64,
+}
+
+/// Why a destination dropped lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The queue was at its line or byte bound (`drop_newest` drops the new batch, `drop_oldest` the oldest).
+    QueueFull,
+    /// The relay shut down before the destination took the lines.
+    Shutdown,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::Shutdown];
+
+    /// The name used in stats, logs and docs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::QueueFull => "queue_full",
+            DropReason::Shutdown => "shutdown",
+        }
+    }
+}
+
+impl Stats {
+    /// Adds a connection's local line counts to the shared counters.
+    pub fn add_line_counts(&self, counts: &LineCounts) {
+        if counts.valid > 0 {
+            self.lines_received.fetch_add(counts.valid, Ordering::Relaxed);
+        }
+        for (counter, &n) in self.lines_invalid.iter().zip(counts.invalid.iter()) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+        for (counter, &n) in self.lines_noted.iter().zip(counts.notes.iter()) {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Lines rejected for any reason other than [`Invalid::Empty`].
+    pub fn lines_invalid_total(&self) -> u64 {
+        Invalid::ALL
+            .iter()
+            .filter(|&&reason| reason != Invalid::Empty)
+            .map(|&reason| self.lines_invalid[reason as usize].load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+impl DestinationStats {
+    /// Zeroed counters for a destination.
+    pub fn new(address: &str) -> Arc<DestinationStats> {
+        Arc::new(DestinationStats {
+            address: address.to_string(),
+            connected: AtomicBool::new(false),
+            queued_lines: AtomicI64::new(0),
+            queued_bytes: AtomicI64::new(0),
+            sent_lines: AtomicU64::new(0),
+            sent_bytes: AtomicU64::new(0),
+            dropped_lines: Default::default(),
+            connects: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
+        })
+    }
+
+    /// Counts dropped lines.
+    pub fn add_dropped(&self, reason: DropReason, n_lines: u64) {
+        self.dropped_lines[reason as usize].fetch_add(n_lines, Ordering::Relaxed);
+    }
+
+    /// Lines dropped for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_lines
+            .iter()
+            .map(|counter| counter.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Every counter of the relay: the process-wide ones and one set per destination, in config order.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Process-wide counters.
+    pub relay: Stats,
+    /// Per-destination counters, in the order of `destinations` in the config.
+    pub destinations: Vec<Arc<DestinationStats>>,
+}
