@@ -452,8 +452,10 @@ mod tests {
 
     #[test]
     fn validate_names_the_offending_key() {
-        let mut config = Config::default();
-        config.destinations = vec!["10.0.5.20".to_string()];
+        let config = Config {
+            destinations: vec!["10.0.5.20".to_string()],
+            ..Config::default()
+        };
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("destinations"), "{err}");
 

@@ -1,5 +1,194 @@
-//! TODO
-/// TODO
-pub struct Relay;
-/// TODO
-pub struct RelayHandle;
+//! Wiring: builds every stage from a validated [`Config`], starts them, and owns the shutdown order.
+//!
+//! Start: validate, create counters and destinations (queues and writers), bind the plaintext listener and the stats
+//! server (a bind failure is an error naming the address), then spawn the accept loop and the edges' tickers.
+//!
+//! Shutdown ([`Relay::shutdown`]), bounded as a whole by `shutdown_timeout`: stop accepting; let connections read
+//! what their clients already sent (at most one second) and hand over their last batches; close the queues; let
+//! writers drain; at the deadline stop them and count what is left per destination as dropped (`shutdown`), logged
+//! at ERROR. Only the edges (listener, stats server, tickers) watch the shutdown token; everything downstream ends
+//! when its input ends.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::destination::{Destination, Queue};
+use crate::line::Rules;
+use crate::listener::{self, ConnectionContext};
+use crate::router::Router;
+use crate::stats::{DestinationStats, Registry};
+
+/// A running relay.
+#[derive(Debug)]
+pub struct Relay {
+    config: Config,
+    registry: Arc<Registry>,
+    listen_address: SocketAddr,
+    stats_address: Option<SocketAddr>,
+    /// Cancelled to stop the edges: the accept loop, the stats server, the tickers.
+    edges: CancellationToken,
+    /// Cancelled at the shutdown deadline: writers and blocked senders stop at once.
+    stop: CancellationToken,
+    connections: TaskTracker,
+    edge_tasks: TaskTracker,
+    queues: Vec<Arc<Queue>>,
+    writers: Vec<JoinHandle<()>>,
+}
+
+/// A cheap handle on a running relay's addresses and counters.
+#[derive(Debug, Clone)]
+pub struct RelayHandle {
+    /// The plaintext listener's bound address (the real port when configured with port 0).
+    pub listen_address: SocketAddr,
+    /// The stats server's bound address, if enabled.
+    pub stats_address: Option<SocketAddr>,
+    /// Every counter.
+    pub registry: Arc<Registry>,
+}
+
+/// What a shutdown could not deliver.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Lines still queued at the deadline, summed over destinations (counted as dropped, reason `shutdown`).
+    pub lines_lost: u64,
+}
+
+impl Relay {
+    /// Validates `config`, binds the listeners and starts every task on the current runtime.
+    ///
+    /// # Errors
+    ///
+    /// An invalid config, or a listener that cannot bind (the message names the address).
+    pub async fn start(config: Config) -> anyhow::Result<Relay> {
+        config.validate()?;
+        let registry = Arc::new(Registry {
+            relay: Default::default(),
+            destinations: config
+                .destinations
+                .iter()
+                .map(|address| DestinationStats::new(address))
+                .collect(),
+        });
+
+        let listener = listener::bind(&config.listen.address, config.listen.port).await?;
+        let listen_address = listener.local_addr().context("cannot read the listener's address")?;
+
+        let edges = CancellationToken::new();
+        let stop = CancellationToken::new();
+        let room = Arc::new(Notify::new());
+        let mut queues = Vec::new();
+        let mut writers = Vec::new();
+        for (address, stats) in config.destinations.iter().zip(&registry.destinations) {
+            let destination = Destination::spawn(
+                address,
+                &config.destination,
+                Arc::clone(stats),
+                Arc::clone(&room),
+                stop.clone(),
+            );
+            queues.push(destination.queue);
+            writers.push(destination.writer);
+        }
+        if queues.is_empty() {
+            warn!("no destinations configured: every valid line is counted as dropped (no_destination)");
+        }
+        let router = Arc::new(Router::new(
+            queues.clone(),
+            room,
+            Arc::clone(&registry),
+            config.log.console_out,
+            stop.clone(),
+        ));
+
+        let context = Arc::new(ConnectionContext {
+            config: config.listen.clone(),
+            rules: Rules::from_config(&config.line),
+            router: Arc::clone(&router),
+            registry: Arc::clone(&registry),
+        });
+        let connections = TaskTracker::new();
+        let edge_tasks = TaskTracker::new();
+        info!("Metrics listener started: {listen_address}");
+        edge_tasks.spawn(listener::run(listener, context, edges.clone(), connections.clone()));
+
+        let stats_address = None;
+        Ok(Relay {
+            config,
+            registry,
+            listen_address,
+            stats_address,
+            edges,
+            stop,
+            connections,
+            edge_tasks,
+            queues,
+            writers,
+        })
+    }
+
+    /// Addresses and counters of the running relay.
+    pub fn handle(&self) -> RelayHandle {
+        RelayHandle {
+            listen_address: self.listen_address,
+            stats_address: self.stats_address,
+            registry: Arc::clone(&self.registry),
+        }
+    }
+
+    /// Shuts down in order within `shutdown_timeout` and reports what could not be delivered.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let deadline = tokio::time::Instant::now() + self.config.shutdown_timeout;
+        info!(timeout = ?self.config.shutdown_timeout, "shutting down: no new connections, draining queues");
+        self.edges.cancel();
+        self.edge_tasks.close();
+        self.connections.close();
+        let stopped_in_time = tokio::time::timeout_at(deadline, async {
+            self.edge_tasks.wait().await;
+            self.connections.wait().await;
+        })
+        .await
+        .is_ok();
+        if !stopped_in_time {
+            // Connections blocked on a full queue (`block`) give up their batch, counted as dropped.
+            self.stop.cancel();
+            self.connections.wait().await;
+        }
+        for queue in &self.queues {
+            queue.close();
+        }
+        let mut writers = self.writers;
+        let drained = tokio::time::timeout_at(deadline, async {
+            for writer in &mut writers {
+                let _ = writer.await;
+            }
+        })
+        .await
+        .is_ok();
+        if !drained {
+            self.stop.cancel();
+            for writer in writers {
+                let _ = writer.await;
+            }
+        }
+        let mut report = ShutdownReport::default();
+        for queue in &self.queues {
+            let n_lost = queue.drop_remaining();
+            if n_lost > 0 {
+                error!(destination = %queue.stats().address, lines = n_lost, "shutdown: lines not delivered");
+            }
+            report.lines_lost += n_lost;
+        }
+        let received = self.registry.relay.lines_received.load(Ordering::Relaxed);
+        info!(lines_received = received, lines_lost = report.lines_lost, "shutdown complete");
+        report
+    }
+}

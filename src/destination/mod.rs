@@ -1,1 +1,57 @@
-//! TODO
+//! Destinations: where lines go. Each has a bounded [`queue::Queue`] and a reconnecting [`writer`].
+//!
+//! Third stage: the router pushes batches into every destination's queue; the destination's own writer task drains
+//! it. A destination's failure stays inside its queue and writer: that is how a dead, stalled or slow destination
+//! costs the others nothing. Destinations are a closed set of kinds; today the only kind is plaintext TCP (later
+//! PostgreSQL and Kafka share the queue and stats machinery).
+
+pub mod backoff;
+pub mod queue;
+pub mod writer;
+
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::DestinationConfig;
+use crate::stats::DestinationStats;
+pub use queue::{Pushed, Queue, QueueLimits};
+pub use writer::WriterSettings;
+
+/// A destination with its queue and the writer task draining it.
+#[derive(Debug)]
+pub struct Destination {
+    /// The queue the router pushes into.
+    pub queue: Arc<Queue>,
+    /// The writer task; it ends when the queue is closed and drained, or when `stop` is cancelled.
+    pub writer: JoinHandle<()>,
+}
+
+impl Destination {
+    /// Creates the queue for `address` and spawns its writer on the current runtime. `room` is the notifier shared
+    /// with the router (see [`crate::router::Router::new`]).
+    pub fn spawn(
+        address: &str,
+        config: &DestinationConfig,
+        stats: Arc<DestinationStats>,
+        room: Arc<Notify>,
+        stop: CancellationToken,
+    ) -> Destination {
+        let limits = QueueLimits {
+            max_lines: config.queue_capacity_lines,
+            max_bytes: usize::try_from(config.queue_max_bytes).unwrap_or(usize::MAX),
+            overflow: config.overflow,
+        };
+        let queue = Arc::new(Queue::new(limits, stats, room));
+        let settings = WriterSettings {
+            address: address.to_string(),
+            connect_timeout: config.connect_timeout,
+            write_timeout: config.write_timeout,
+            retry_interval: config.retry_interval,
+        };
+        let writer = tokio::spawn(writer::run(Arc::clone(&queue), settings, stop));
+        Destination { queue, writer }
+    }
+}
