@@ -4,9 +4,20 @@
 //! writer); hot loops sum locally and add once per read or per write. Gauges (open connections, queued lines) go up
 //! and down. Invariants: nothing here blocks, and a counter is never reset (rates are computed by readers from two
 //! snapshots). For every destination, `received_valid = sent + dropped + queued + in flight` once the relay is idle.
+//!
+//! Readers never look at the atomics one by one: they take a [`Snapshot`] ([`Registry::snapshot`]), a plain copy
+//! that `/stats` serialises, and compare two of them for rates ([`log`] for the periodic log line, [`carbon`] for
+//! the self-metrics in carbon-c-relay's names).
+
+pub mod carbon;
+pub mod log;
+mod snapshot;
+
+pub use snapshot::{ConnectionsSnapshot, DestinationSnapshot, LinesSnapshot, Snapshot};
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use crate::line::{Invalid, LineCounts, Note};
 
@@ -35,7 +46,16 @@ pub struct Stats {
     pub lines_dropped_no_destination: AtomicU64,
     /// Lines accepted but not yet in any destination queue (sitting in connection batches).
     pub inbound_lines: AtomicI64,
+    /// When these counters were created, for `uptime_secs`.
+    pub started: Started,
 }
+
+/// The instant the process-wide counters were created; [`Default`] is now.
+///
+/// A field of [`Stats`] rather than of [`Registry`] so that both keep their `Default` and `Registry` can still be
+/// written as a struct literal.
+#[derive(Debug, Clone, Copy)]
+pub struct Started(pub Instant);
 
 /// Counters of one destination.
 #[derive(Debug)]
@@ -86,11 +106,18 @@ impl DropReason {
     }
 }
 
+impl Default for Started {
+    fn default() -> Self {
+        Started(Instant::now())
+    }
+}
+
 impl Stats {
     /// Adds a connection's local line counts to the shared counters.
     pub fn add_line_counts(&self, counts: &LineCounts) {
         if counts.valid > 0 {
-            self.lines_received.fetch_add(counts.valid, Ordering::Relaxed);
+            self.lines_received
+                .fetch_add(counts.valid, Ordering::Relaxed);
         }
         for (counter, &n) in self.lines_invalid.iter().zip(counts.invalid.iter()) {
             if n > 0 {
@@ -153,4 +180,25 @@ pub struct Registry {
     pub relay: Stats,
     /// Per-destination counters, in the order of `destinations` in the config.
     pub destinations: Vec<Arc<DestinationStats>>,
+}
+
+impl Registry {
+    /// Zeroed counters for the relay and for each destination, in the given (config) order.
+    pub fn new(destination_addresses: &[String]) -> Registry {
+        Registry {
+            relay: Stats::default(),
+            destinations: destination_addresses
+                .iter()
+                .map(|address| DestinationStats::new(address))
+                .collect(),
+        }
+    }
+
+    /// A copy of every counter, read now.
+    ///
+    /// The counters are read one by one with relaxed ordering, so a snapshot taken while lines flow is not one
+    /// instant across counters (a line may show as sent but not yet as received); each counter on its own is exact.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot::read(self)
+    }
 }

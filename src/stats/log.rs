@@ -1,0 +1,416 @@
+//! The periodic log line of the seed, `Last 5s: Received N datapoints | Avg: X/sec. | Inbound queue length: N`, and
+//! the lines that follow it: one per destination with lines queued, and one per kind of loss in the interval.
+//!
+//! An edge task next to the listeners: [`run_log_ticker`] watches the shutdown token, takes a [`Snapshot`] every
+//! `stats.log_interval`, and logs what [`interval_report`] makes of the previous and current snapshot. The report is a
+//! pure function so its wording is tested without time or a subscriber. Levels follow `DECISIONS.md`: the summary and
+//! queue lengths are INFO; lost lines are ERROR, and since they are logged at most once per interval and reason, the
+//! ticker is their rate limit.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, Level};
+
+use super::{DropReason, Registry, Snapshot};
+
+/// One log line of an interval's report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReportLine {
+    /// The seed's summary: valid lines received in the interval, their rate, and `inbound_lines` now.
+    Received {
+        /// The interval in whole seconds, as the message shows it.
+        interval_secs: u64,
+        /// Valid lines received during the interval.
+        n_lines: u64,
+        /// `n_lines` divided by the interval.
+        lines_per_sec: f64,
+        /// Lines accepted but not yet in any destination queue, now.
+        inbound_lines: i64,
+    },
+    /// A destination has lines waiting in its queue.
+    DestinationQueue {
+        /// The destination as configured.
+        address: String,
+        /// Lines in its queue now.
+        queued_lines: i64,
+    },
+    /// A destination dropped lines during the interval.
+    DestinationDropped {
+        /// The destination as configured.
+        address: String,
+        /// Why it dropped them.
+        reason: DropReason,
+        /// Lines dropped for this reason during the interval.
+        n_lines: u64,
+    },
+    /// Valid lines were dropped during the interval because no destination is configured.
+    NoDestinationDropped {
+        /// Lines dropped during the interval.
+        n_lines: u64,
+    },
+}
+
+/// Logs a report every `interval` until `shutdown` is cancelled; an `interval` of zero disables it (returns at once).
+///
+/// The first report comes one interval after the start and covers that interval, as in the seed. Late ticks are
+/// delayed rather than bunched, so two reports are never closer than `interval`.
+pub async fn run_log_ticker(
+    registry: Arc<Registry>,
+    interval: Duration,
+    shutdown: CancellationToken,
+) {
+    if interval.is_zero() {
+        return;
+    }
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut previous = registry.snapshot();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let current = registry.snapshot();
+        for report_line in interval_report(&previous, &current, interval) {
+            report_line.emit();
+        }
+        previous = current;
+    }
+}
+
+/// What to log for the interval between two snapshots of the same registry: the summary line first, then per
+/// destination (config order) its queue length if any lines are queued and its losses by reason, then losses for
+/// want of a destination.
+pub fn interval_report(
+    previous: &Snapshot,
+    current: &Snapshot,
+    interval: Duration,
+) -> Vec<ReportLine> {
+    let n_lines = current
+        .lines
+        .received
+        .saturating_sub(previous.lines.received);
+    let mut report = vec![ReportLine::Received {
+        interval_secs: interval.as_secs(),
+        n_lines,
+        lines_per_sec: per_sec(n_lines, interval),
+        inbound_lines: current.lines.inbound,
+    }];
+    for (index, destination) in current.destinations.iter().enumerate() {
+        if destination.queued_lines > 0 {
+            report.push(ReportLine::DestinationQueue {
+                address: destination.address.clone(),
+                queued_lines: destination.queued_lines,
+            });
+        }
+        let previous_dropped = previous
+            .destinations
+            .get(index)
+            .map_or([0; DropReason::ALL.len()], |previous| previous.dropped);
+        for reason in DropReason::ALL {
+            let n_dropped = destination.dropped[reason as usize]
+                .saturating_sub(previous_dropped[reason as usize]);
+            if n_dropped > 0 {
+                report.push(ReportLine::DestinationDropped {
+                    address: destination.address.clone(),
+                    reason,
+                    n_lines: n_dropped,
+                });
+            }
+        }
+    }
+    let n_no_destination = current
+        .lines
+        .dropped_no_destination
+        .saturating_sub(previous.lines.dropped_no_destination);
+    if n_no_destination > 0 {
+        report.push(ReportLine::NoDestinationDropped {
+            n_lines: n_no_destination,
+        });
+    }
+    report
+}
+
+impl ReportLine {
+    /// The level the line is logged at.
+    pub fn level(&self) -> Level {
+        match self {
+            ReportLine::Received { .. } | ReportLine::DestinationQueue { .. } => Level::INFO,
+            ReportLine::DestinationDropped { .. } | ReportLine::NoDestinationDropped { .. } => {
+                Level::ERROR
+            }
+        }
+    }
+
+    /// Logs the line at its level, with structured fields where the message is not the seed's.
+    pub fn emit(&self) {
+        match self {
+            ReportLine::Received { .. } | ReportLine::DestinationQueue { .. } => info!("{self}"),
+            ReportLine::DestinationDropped {
+                address,
+                reason,
+                n_lines,
+            } => error!(
+                destination = %address,
+                dropped = n_lines,
+                reason = reason.name(),
+                "destination dropping lines"
+            ),
+            ReportLine::NoDestinationDropped { n_lines } => {
+                error!(
+                    dropped = n_lines,
+                    reason = "no_destination",
+                    "lines dropped"
+                )
+            }
+        }
+    }
+}
+
+/// The text of the line as a text log shows it (message, then fields).
+impl fmt::Display for ReportLine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReportLine::Received {
+                interval_secs,
+                n_lines,
+                lines_per_sec,
+                inbound_lines,
+            } => write!(
+                f,
+                "Last {interval_secs}s: Received {n_lines} datapoints | Avg: {lines_per_sec:.2}/sec. | \
+                 Inbound queue length: {inbound_lines}"
+            ),
+            ReportLine::DestinationQueue { address, queued_lines } => {
+                write!(f, "Destination {address} queue length: {queued_lines}")
+            }
+            ReportLine::DestinationDropped {
+                address,
+                reason,
+                n_lines,
+            } => write!(
+                f,
+                "destination dropping lines destination={address} dropped={n_lines} reason={}",
+                reason.name()
+            ),
+            ReportLine::NoDestinationDropped { n_lines } => {
+                write!(f, "lines dropped dropped={n_lines} reason=no_destination")
+            }
+        }
+    }
+}
+
+fn per_sec(n: u64, interval: Duration) -> f64 {
+    let secs = interval.as_secs_f64();
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::atomic::Ordering;
+
+    use parking_lot::Mutex;
+    use tracing::instrument::WithSubscriber;
+
+    use super::*;
+
+    fn snapshot(received: u64, inbound: i64, destinations: &[(&str, i64, [u64; 2])]) -> Snapshot {
+        let registry = Registry::new(
+            &destinations
+                .iter()
+                .map(|d| d.0.to_string())
+                .collect::<Vec<_>>(),
+        );
+        registry
+            .relay
+            .lines_received
+            .store(received, Ordering::Relaxed);
+        registry
+            .relay
+            .inbound_lines
+            .store(inbound, Ordering::Relaxed);
+        for (stats, &(_, queued_lines, dropped)) in registry.destinations.iter().zip(destinations) {
+            stats.queued_lines.store(queued_lines, Ordering::Relaxed);
+            stats.add_dropped(DropReason::QueueFull, dropped[0]);
+            stats.add_dropped(DropReason::Shutdown, dropped[1]);
+        }
+        registry.snapshot()
+    }
+
+    fn check(
+        previous: &Snapshot,
+        current: &Snapshot,
+        interval_secs: u64,
+        expected: &[(Level, &str)],
+    ) {
+        let report = interval_report(previous, current, Duration::from_secs(interval_secs));
+        let actual: Vec<(Level, String)> = report
+            .iter()
+            .map(|line| (line.level(), line.to_string()))
+            .collect();
+        let expected: Vec<(Level, String)> = expected
+            .iter()
+            .map(|(level, text)| (*level, text.to_string()))
+            .collect();
+        assert_eq!(actual, expected);
+    }
+
+    #[test]
+    fn summary_has_the_seeds_wording_and_two_decimals() {
+        check(
+            &snapshot(1000, 0, &[]),
+            &snapshot(7176, 0, &[]),
+            5,
+            &[(
+                Level::INFO,
+                "Last 5s: Received 6176 datapoints | Avg: 1235.20/sec. | Inbound queue length: 0",
+            )],
+        );
+    }
+
+    #[test]
+    fn summary_names_the_configured_interval() {
+        check(
+            &snapshot(0, 0, &[]),
+            &snapshot(5, 12, &[]),
+            10,
+            &[(
+                Level::INFO,
+                "Last 10s: Received 5 datapoints | Avg: 0.50/sec. | Inbound queue length: 12",
+            )],
+        );
+    }
+
+    #[test]
+    fn queued_destinations_are_listed_and_empty_ones_are_not() {
+        check(
+            &snapshot(
+                0,
+                0,
+                &[("10.0.5.20:2003", 0, [0, 0]), ("10.0.5.25:2003", 0, [0, 0])],
+            ),
+            &snapshot(
+                0,
+                0,
+                &[
+                    ("10.0.5.20:2003", 1234, [0, 0]),
+                    ("10.0.5.25:2003", 0, [0, 0]),
+                ],
+            ),
+            5,
+            &[
+                (
+                    Level::INFO,
+                    "Last 5s: Received 0 datapoints | Avg: 0.00/sec. | Inbound queue length: 0",
+                ),
+                (Level::INFO, "Destination 10.0.5.20:2003 queue length: 1234"),
+            ],
+        );
+    }
+
+    #[test]
+    fn drops_in_the_interval_are_errors_per_reason_and_old_drops_are_not_repeated() {
+        check(
+            &snapshot(0, 0, &[("a:2003", 0, [10, 0]), ("b:2003", 0, [5, 0])]),
+            &snapshot(0, 0, &[("a:2003", 0, [13, 1]), ("b:2003", 0, [5, 0])]),
+            5,
+            &[
+                (
+                    Level::INFO,
+                    "Last 5s: Received 0 datapoints | Avg: 0.00/sec. | Inbound queue length: 0",
+                ),
+                (
+                    Level::ERROR,
+                    "destination dropping lines destination=a:2003 dropped=3 reason=queue_full",
+                ),
+                (
+                    Level::ERROR,
+                    "destination dropping lines destination=a:2003 dropped=1 reason=shutdown",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn lines_dropped_for_want_of_a_destination_are_an_error() {
+        let previous = snapshot(0, 0, &[]);
+        let mut current = snapshot(4, 0, &[]);
+        current.lines.dropped_no_destination = 4;
+        let report = interval_report(&previous, &current, Duration::from_secs(5));
+        assert_eq!(report[1], ReportLine::NoDestinationDropped { n_lines: 4 });
+        assert_eq!(report[1].level(), Level::ERROR);
+    }
+
+    /// A `MakeWriter` that keeps what is logged.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+            self.0.lock().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8(self.0.lock().clone())
+                .unwrap()
+                .lines()
+                .map(|line| line.trim_start().to_string())
+                .collect()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ticker_logs_each_interval_until_shutdown() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .finish();
+        let registry = Arc::new(Registry::new(&[]));
+        let shutdown = CancellationToken::new();
+        let ticker = tokio::spawn(
+            run_log_ticker(registry.clone(), Duration::from_secs(10), shutdown.clone())
+                .with_subscriber(subscriber),
+        );
+
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        registry
+            .relay
+            .lines_received
+            .fetch_add(25, Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert!(captured.lines().is_empty(), "{:?}", captured.lines());
+
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(
+            captured.lines(),
+            ["INFO Last 10s: Received 25 datapoints | Avg: 2.50/sec. | Inbound queue length: 0"]
+        );
+
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(captured.lines().len(), 2);
+        assert!(captured.lines()[1].contains("Received 0 datapoints"));
+
+        shutdown.cancel();
+        ticker.await.unwrap();
+    }
+}

@@ -1,0 +1,250 @@
+//! [`Snapshot`]: a plain copy of every counter at one instant, the one value `/stats`, the log line and the
+//! self-metrics read.
+//!
+//! Its JSON (for `GET /stats`) is the struct as it stands: each field has the name of the counter it copies, grouped
+//! by the word the counter starts with (`connections_accepted` is `connections.accepted`), and the per-reason
+//! arrays become objects keyed by [`Invalid::name`], [`Note::name`] and [`DropReason::name`], in counter order.
+//! Every counter is present, zero or not, so a dashboard never has to guess whether a key is missing or zero.
+
+use std::sync::atomic::Ordering;
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::Serialize;
+
+use super::{DestinationStats, DropReason, Registry, Stats};
+use crate::line::{Invalid, Note};
+
+/// Every counter of the relay, copied at one instant.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// Whole seconds since the counters were created (process start).
+    pub uptime_secs: u64,
+    /// The `connections_*` counters and `accept_errors`.
+    pub connections: ConnectionsSnapshot,
+    /// The `lines_*` counters, `bytes_received` and `inbound_lines`.
+    pub lines: LinesSnapshot,
+    /// One entry per destination, in config order.
+    pub destinations: Vec<DestinationSnapshot>,
+}
+
+/// Copies of the connection counters of [`Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConnectionsSnapshot {
+    /// `connections_open`: connections open now (a gauge).
+    pub open: i64,
+    /// `connections_accepted`: connections accepted and handed to a connection task.
+    pub accepted: u64,
+    /// `connections_rejected`: connections closed at once because `listen.max_connections` were open.
+    pub rejected: u64,
+    /// `connections_idle_closed`: connections closed after `listen.idle_timeout`.
+    pub idle_closed: u64,
+    /// `accept_errors`: errors returned by `accept`.
+    pub accept_errors: u64,
+}
+
+/// Copies of the line counters of [`Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct LinesSnapshot {
+    /// `lines_received`: valid lines accepted.
+    pub received: u64,
+    /// `bytes_received`: bytes read from client connections.
+    pub bytes_received: u64,
+    /// `lines_invalid`: lines not forwarded, indexed by `Invalid as usize`; JSON keys are [`Invalid::name`].
+    #[serde(serialize_with = "serialize_invalid")]
+    pub invalid: [u64; Invalid::ALL.len()],
+    /// `lines_noted`: forwarded lines with a note, indexed by `Note as usize`; JSON keys are [`Note::name`].
+    #[serde(serialize_with = "serialize_noted")]
+    pub noted: [u64; Note::ALL.len()],
+    /// `lines_dropped_no_destination`: valid lines dropped because no destination is configured.
+    pub dropped_no_destination: u64,
+    /// `inbound_lines`: lines accepted but not yet in any destination queue (a gauge).
+    pub inbound: i64,
+}
+
+/// Copies of the counters of one destination ([`DestinationStats`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DestinationSnapshot {
+    /// The destination as configured, `host:port`.
+    pub address: String,
+    /// True while a connection to the destination is open.
+    pub connected: bool,
+    /// Lines in the queue now (a gauge).
+    pub queued_lines: i64,
+    /// Bytes in the queue now (a gauge).
+    pub queued_bytes: i64,
+    /// Lines written to the destination's socket.
+    pub sent_lines: u64,
+    /// Bytes written to the destination's socket.
+    pub sent_bytes: u64,
+    /// `dropped_lines`, indexed by `DropReason as usize`; JSON keys are [`DropReason::name`].
+    #[serde(serialize_with = "serialize_dropped")]
+    pub dropped: [u64; DropReason::ALL.len()],
+    /// Successful connects.
+    pub connects: u64,
+    /// Failed connect attempts.
+    pub connect_failures: u64,
+    /// Connections lost after they were established.
+    pub disconnects: u64,
+    /// Writes that made no progress within `destination.write_timeout`.
+    pub write_timeouts: u64,
+}
+
+impl Snapshot {
+    /// Reads every counter of the registry.
+    pub(super) fn read(registry: &Registry) -> Snapshot {
+        Snapshot {
+            uptime_secs: registry.relay.started.0.elapsed().as_secs(),
+            connections: ConnectionsSnapshot::read(&registry.relay),
+            lines: LinesSnapshot::read(&registry.relay),
+            destinations: registry
+                .destinations
+                .iter()
+                .map(|destination| DestinationSnapshot::read(destination))
+                .collect(),
+        }
+    }
+}
+
+impl ConnectionsSnapshot {
+    fn read(stats: &Stats) -> ConnectionsSnapshot {
+        ConnectionsSnapshot {
+            open: stats.connections_open.load(Ordering::Relaxed),
+            accepted: stats.connections_accepted.load(Ordering::Relaxed),
+            rejected: stats.connections_rejected.load(Ordering::Relaxed),
+            idle_closed: stats.connections_idle_closed.load(Ordering::Relaxed),
+            accept_errors: stats.accept_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl LinesSnapshot {
+    /// Lines rejected for any reason other than [`Invalid::Empty`], as [`Stats::lines_invalid_total`].
+    pub fn invalid_total(&self) -> u64 {
+        Invalid::ALL
+            .iter()
+            .filter(|&&reason| reason != Invalid::Empty)
+            .map(|&reason| self.invalid[reason as usize])
+            .sum()
+    }
+
+    fn read(stats: &Stats) -> LinesSnapshot {
+        LinesSnapshot {
+            received: stats.lines_received.load(Ordering::Relaxed),
+            bytes_received: stats.bytes_received.load(Ordering::Relaxed),
+            invalid: stats
+                .lines_invalid
+                .each_ref()
+                .map(|counter| counter.load(Ordering::Relaxed)),
+            noted: stats
+                .lines_noted
+                .each_ref()
+                .map(|counter| counter.load(Ordering::Relaxed)),
+            dropped_no_destination: stats.lines_dropped_no_destination.load(Ordering::Relaxed),
+            inbound: stats.inbound_lines.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl DestinationSnapshot {
+    /// Lines dropped for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().sum()
+    }
+
+    fn read(stats: &DestinationStats) -> DestinationSnapshot {
+        DestinationSnapshot {
+            address: stats.address.clone(),
+            connected: stats.connected.load(Ordering::Relaxed),
+            queued_lines: stats.queued_lines.load(Ordering::Relaxed),
+            queued_bytes: stats.queued_bytes.load(Ordering::Relaxed),
+            sent_lines: stats.sent_lines.load(Ordering::Relaxed),
+            sent_bytes: stats.sent_bytes.load(Ordering::Relaxed),
+            dropped: stats
+                .dropped_lines
+                .each_ref()
+                .map(|counter| counter.load(Ordering::Relaxed)),
+            connects: stats.connects.load(Ordering::Relaxed),
+            connect_failures: stats.connect_failures.load(Ordering::Relaxed),
+            disconnects: stats.disconnects.load(Ordering::Relaxed),
+            write_timeouts: stats.write_timeouts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn serialize_invalid<S: Serializer>(
+    counts: &[u64; Invalid::ALL.len()],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serialize_named(Invalid::ALL.map(Invalid::name), counts, serializer)
+}
+
+fn serialize_noted<S: Serializer>(
+    counts: &[u64; Note::ALL.len()],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serialize_named(Note::ALL.map(Note::name), counts, serializer)
+}
+
+fn serialize_dropped<S: Serializer>(
+    counts: &[u64; DropReason::ALL.len()],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serialize_named(DropReason::ALL.map(DropReason::name), counts, serializer)
+}
+
+/// Serialises per-reason counts as an object in counter order (a `BTreeMap` would sort the keys).
+fn serialize_named<S: Serializer, const N: usize>(
+    names: [&'static str; N],
+    counts: &[u64; N],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = serializer.serialize_map(Some(N))?;
+    for (name, count) in names.iter().zip(counts) {
+        map.serialize_entry(name, count)?;
+    }
+    map.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_copies_every_counter_and_serialises_reasons_by_name() {
+        let registry = Registry::new(&["10.0.5.20:2003".to_string()]);
+        registry.relay.lines_received.store(7, Ordering::Relaxed);
+        registry.relay.lines_invalid[Invalid::PathLen as usize].store(2, Ordering::Relaxed);
+        registry.relay.lines_noted[Note::TsFar as usize].store(3, Ordering::Relaxed);
+        registry.relay.inbound_lines.store(4, Ordering::Relaxed);
+        registry.relay.connections_open.store(5, Ordering::Relaxed);
+        registry.destinations[0].add_dropped(DropReason::Shutdown, 6);
+        registry.destinations[0]
+            .queued_lines
+            .store(8, Ordering::Relaxed);
+
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.lines.received, 7);
+        assert_eq!(snapshot.lines.invalid_total(), 2);
+        assert_eq!(snapshot.destinations[0].dropped_total(), 6);
+
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(json["lines"]["received"], 7);
+        assert_eq!(json["lines"]["invalid"]["path_len"], 2);
+        assert_eq!(json["lines"]["invalid"]["fields"], 0);
+        assert_eq!(json["lines"]["noted"]["ts_far"], 3);
+        assert_eq!(json["lines"]["inbound"], 4);
+        assert_eq!(json["connections"]["open"], 5);
+        assert_eq!(json["destinations"][0]["address"], "10.0.5.20:2003");
+        assert_eq!(json["destinations"][0]["queued_lines"], 8);
+        assert_eq!(json["destinations"][0]["dropped"]["shutdown"], 6);
+        assert_eq!(json["destinations"][0]["dropped"]["queue_full"], 0);
+        // `serde_json::Value` sorts keys, so check the order on the text.
+        let text = serde_json::to_string(&snapshot).unwrap();
+        let expected_invalid = r#""invalid":{"empty":0,"fields":0,"value":0,"nan":0,"ts":0,"nul":0,"utf8":0,"path":0,"path_len":2,"path_chars":0,"line_len":0,"partial_eof":0,"partial_timeout":0}"#;
+        assert!(text.contains(expected_invalid), "{text}");
+        assert!(
+            text.contains(r#""noted":{"inf":0,"ts_far":3,"sanitized":0}"#),
+            "{text}"
+        );
+    }
+}
