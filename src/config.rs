@@ -173,7 +173,8 @@ pub struct StatsConfig {
     /// `-metrics-flush`). Default `0s`: off.
     #[serde(with = "humantime_serde")]
     pub metrics_flush: Duration,
-    /// Prefix of the self-metrics; `{host}` becomes the short host name with dots replaced by `_`.
+    /// Prefix of the self-metrics; `{host}` becomes the host name with dots replaced by `_` (as carbon-c-relay's
+    /// default `carbon.relays.\.1`).
     /// Default `carbon.relays.{host}`, carbon-c-relay's, so existing dashboards keep working.
     pub metrics_prefix: String,
 }
@@ -371,7 +372,7 @@ impl Config {
                 return invalid(key, "must be more than 0s");
             }
         }
-        if !self.stats.address.is_empty() && split_host_port(&self.stats.address).is_none() {
+        if !self.stats.address.is_empty() && split_bind_address(&self.stats.address).is_none() {
             return invalid("stats.address", "must be host:port or empty");
         }
         if self.stats.metrics_prefix.is_empty() {
@@ -384,15 +385,21 @@ impl Config {
     }
 }
 
-/// Splits `host:port` (or `[v6]:port`) into its parts; `None` if there is no valid port or no host.
+/// Splits a destination's `host:port` (or `[v6]:port`) into its parts; `None` if there is no host or no port in
+/// 1..=65535.
 pub fn split_host_port(address: &str) -> Option<(&str, u16)> {
+    split_bind_address(address).filter(|&(_, port)| port != 0)
+}
+
+/// Splits an address to bind, `host:port`; port 0 (any free port) is allowed.
+pub fn split_bind_address(address: &str) -> Option<(&str, u16)> {
     let (host, port) = address.rsplit_once(':')?;
     let host = host
         .strip_prefix('[')
         .and_then(|inner| inner.strip_suffix(']'))
         .unwrap_or(host);
     let port: u16 = port.parse().ok()?;
-    if host.is_empty() || port == 0 {
+    if host.is_empty() {
         return None;
     }
     Some((host, port))

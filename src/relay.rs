@@ -25,7 +25,8 @@ use crate::destination::{Destination, Queue};
 use crate::line::Rules;
 use crate::listener::{self, ConnectionContext};
 use crate::router::Router;
-use crate::stats::{DestinationStats, Registry};
+use crate::stats::{self, Registry};
+use crate::http;
 
 /// A running relay.
 #[derive(Debug)]
@@ -70,17 +71,14 @@ impl Relay {
     /// An invalid config, or a listener that cannot bind (the message names the address).
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
         config.validate()?;
-        let registry = Arc::new(Registry {
-            relay: Default::default(),
-            destinations: config
-                .destinations
-                .iter()
-                .map(|address| DestinationStats::new(address))
-                .collect(),
-        });
+        let registry = Arc::new(Registry::new(&config.destinations));
 
         let listener = listener::bind(&config.listen.address, config.listen.port).await?;
         let listen_address = listener.local_addr().context("cannot read the listener's address")?;
+        let stats_listener = match crate::config::split_bind_address(&config.stats.address) {
+            Some((host, port)) => Some(listener::bind(host, port).await?),
+            None => None,
+        };
 
         let edges = CancellationToken::new();
         let stop = CancellationToken::new();
@@ -120,7 +118,35 @@ impl Relay {
         info!("Metrics listener started: {listen_address}");
         edge_tasks.spawn(listener::run(listener, context, edges.clone(), connections.clone()));
 
-        let stats_address = None;
+        let stats_address = match stats_listener {
+            Some(stats_listener) => {
+                let address = stats_listener.local_addr().context("cannot read the stats server's address")?;
+                let app = http::app(Arc::clone(&registry));
+                let shutdown = edges.clone();
+                edge_tasks.spawn(async move {
+                    if let Err(err) = http::serve(stats_listener, app, shutdown).await {
+                        error!(error = %err, "stats server failed");
+                    }
+                });
+                info!("Runstats started: {address}");
+                Some(address)
+            }
+            None => None,
+        };
+        edge_tasks.spawn(stats::log::run_log_ticker(
+            Arc::clone(&registry),
+            config.stats.log_interval,
+            edges.clone(),
+        ));
+        let prefix = stats::carbon::expand_prefix(&config.stats.metrics_prefix, &stats::carbon::host_name());
+        let self_metrics_router = Arc::clone(&router);
+        edge_tasks.spawn(stats::carbon::run_self_metrics(
+            Arc::clone(&registry),
+            prefix,
+            config.stats.metrics_flush,
+            move |batch| self_metrics_router.dispatch_priority(batch),
+            edges.clone(),
+        ));
         Ok(Relay {
             config,
             registry,
