@@ -4,10 +4,38 @@
 //! forwarded byte for byte or had to be rewritten into its normal form `path value timestamp\n`. [`decoder`] applies
 //! it to a whole read buffer, copying runs of already-normal lines into a batch at once. Invariants: nothing here
 //! allocates per line, panics on any input, or does I/O; every rejected line maps to exactly one [`Invalid`] reason.
+//!
+//! # The line format
+//!
+//! A line is `path value timestamp`, fields separated by runs of spaces or tabs. Leading spaces and tabs are
+//! trimmed, and so is a trailing run of spaces, tabs and CRs (so CRLF works). The normal form has single spaces and
+//! no CR; value and timestamp are forwarded verbatim.
+//!
+//! - **Length**: the line without its LF, counting a trailing CR, is at most `max_line_bytes` (`line_len`).
+//! - **Fields**: nothing but whitespace is `empty`; anything but exactly three fields is `fields`.
+//! - **Value**: the decimal float syntax both Python `float()` and Go `strconv.ParseFloat` accept, in ASCII:
+//!   `[+-]?(digits[.digits*]|.digits)([eE][+-]?digits)?`, so `1.`, `.5` and `-1.5E-3` pass and `.` does not.
+//!   `inf`/`infinity` in any case and with a sign is forwarded and noted (`inf`); any NaN is `nan`; everything else
+//!   (hex, `_`, `,`, non-ASCII digits) is `value`.
+//! - **Timestamp**: `digits` or `digits.digits*` seconds, not zero, or exactly `-1` (carbon substitutes the time of
+//!   arrival); anything else, including other negatives, is `ts`. More than 365 days from now either way (such as
+//!   milliseconds) is forwarded and noted (`ts_far`).
+//! - **Path**: a NUL is `nul`, invalid UTF-8 is `utf8`. A path may carry Graphite tags, `name;tag=value;...`: only
+//!   the name is normalised, the tags pass unchanged. In the name, each byte outside `[A-Za-z0-9-_:#.]` is replaced
+//!   by `_` under `path_policy = sanitize` (byte for byte, as carbon-c-relay does, so `é` becomes `__`), refused as
+//!   `path_chars` under `reject`, and kept under `passthrough`. Then, under every policy, runs of dots collapse to
+//!   one and leading and trailing dots go. A rewritten name is noted (`sanitized`); an empty one is `path`. The
+//!   final path with its tags is at most `max_path_bytes` (`path_len`).
+//!
+//! When a line breaks several rules, the first in this order is its reason: `line_len`, `empty`, `fields`,
+//! `value`/`nan`, `ts`, `nul`, `utf8`, `path_chars`, `path`, `path_len`.
 
 pub mod decoder;
 
 pub use decoder::Decoder;
+
+#[cfg(test)]
+mod tests;
 
 use crate::config::PathPolicy;
 
@@ -215,6 +243,359 @@ pub fn unix_now_secs() -> i64 {
 ///
 /// The [`Invalid`] reason when the line must not be forwarded; `out` is then left untouched.
 pub fn check(line: &[u8], rules: &Rules, out: &mut bytes::BytesMut) -> Result<Valid, Invalid> {
-    let _ = (line, rules, out);
-    todo!("line::check")
+    let parsed = parse(line, rules)?;
+    if parsed.as_is {
+        return Ok(Valid::AsIs(parsed.notes));
+    }
+    write_normal(line, &parsed, rules.path_policy, out);
+    Ok(Valid::Rewritten(parsed.notes))
+}
+
+/// Seconds a timestamp may be away from now, either way, before it is noted as [`Note::TsFar`].
+const TS_FAR_SECS: u64 = 365 * 24 * 60 * 60;
+
+/// A line that passed every rule: where its fields are and how to forward it. Nothing has been written yet, so the
+/// decoder can decide where the normal form goes after it knows the line needs one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Parsed {
+    path: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+    timestamp: std::ops::Range<usize>,
+    notes: Notes,
+    /// The path's name part must be rewritten (characters replaced or dots collapsed).
+    path_rewritten: bool,
+    /// The input bytes are already exactly the normal form.
+    as_is: bool,
+}
+
+/// The three fields of a line, and whether the bytes around them are already normal.
+struct Fields {
+    path: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+    timestamp: std::ops::Range<usize>,
+    /// Nothing trimmed, single spaces between fields.
+    normal: bool,
+}
+
+/// Byte classes of the Graphite path alphabet `[A-Za-z0-9-_:#.]`, for one table lookup per path byte.
+const OTHER: u8 = 0;
+const NAME_CHAR: u8 = 1;
+const DOT: u8 = 2;
+
+static PATH_CLASS: [u8; 256] = path_class_table();
+
+const fn path_class_table() -> [u8; 256] {
+    let mut table = [OTHER; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b':' || b == b'#' {
+            table[byte] = NAME_CHAR;
+        }
+        byte += 1;
+    }
+    table[b'.' as usize] = DOT;
+    table
+}
+
+/// Validates everything about a line without writing anything; [`write_normal`] then produces the normal form.
+///
+/// The reasons are checked in this order, and the first that applies is returned: `line_len`, `empty`, `fields`,
+/// `value`/`nan`, `ts`, `nul`, `utf8`, `path_chars`, `path`, `path_len`.
+fn parse(line: &[u8], rules: &Rules) -> Result<Parsed, Invalid> {
+    if line.len() > rules.max_line_bytes {
+        return Err(Invalid::LineLen);
+    }
+    let fields = split_fields(line)?;
+    let mut notes = Notes::NONE;
+    if check_value(&line[fields.value.clone()])? {
+        notes.insert(Note::Inf);
+    }
+    if check_timestamp(&line[fields.timestamp.clone()], rules.now_secs)? {
+        notes.insert(Note::TsFar);
+    }
+    let path_rewritten = check_path(&line[fields.path.clone()], rules)?;
+    if path_rewritten {
+        notes.insert(Note::Sanitized);
+    }
+    Ok(Parsed {
+        as_is: fields.normal && !path_rewritten,
+        path: fields.path,
+        value: fields.value,
+        timestamp: fields.timestamp,
+        notes,
+        path_rewritten,
+    })
+}
+
+/// Appends the normal form `path value timestamp\n` of a parsed line to `out`.
+fn write_normal(line: &[u8], parsed: &Parsed, path_policy: PathPolicy, out: &mut bytes::BytesMut) {
+    // The normal form is never longer than the line plus its LF: sanitising replaces byte for byte and everything
+    // else only removes bytes.
+    out.reserve(line.len() + 1);
+    let path = &line[parsed.path.clone()];
+    if parsed.path_rewritten {
+        let (name, tags) = split_tags(path);
+        // Cannot fail: `parse` already normalised this name under the same policy.
+        let _ = normalize_name(name, path_policy, |byte| out.extend_from_slice(&[byte]));
+        out.extend_from_slice(tags);
+    } else {
+        out.extend_from_slice(path);
+    }
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(&line[parsed.value.clone()]);
+    out.extend_from_slice(b" ");
+    out.extend_from_slice(&line[parsed.timestamp.clone()]);
+    out.extend_from_slice(b"\n");
+}
+
+fn is_blank(byte: u8) -> bool {
+    byte == b' ' || byte == b'\t'
+}
+
+/// Splits a line into exactly three fields separated by runs of spaces and tabs.
+///
+/// Leading spaces and tabs are trimmed, and so is any trailing run of spaces, tabs and CRs: a CRLF sender may also
+/// pad before the CR, and a CR there can never be part of a valid timestamp anyway.
+fn split_fields(line: &[u8]) -> Result<Fields, Invalid> {
+    let mut end = line.len();
+    while end > 0 && matches!(line[end - 1], b' ' | b'\t' | b'\r') {
+        end -= 1;
+    }
+    let mut start = 0;
+    while start < end && is_blank(line[start]) {
+        start += 1;
+    }
+    if start == end {
+        return Err(Invalid::Empty);
+    }
+    let trimmed = &line[..end];
+    // The path is the longest field, so it is worth memchr's vectorised search.
+    let path_end =
+        memchr::memchr2(b' ', b'\t', &trimmed[start..]).map_or(end, |offset| start + offset);
+    let value_start = skip_blanks(trimmed, path_end);
+    let value_end = field_end(trimmed, value_start);
+    let timestamp_start = skip_blanks(trimmed, value_end);
+    let timestamp_end = field_end(trimmed, timestamp_start);
+    if value_start == value_end || timestamp_start == timestamp_end || timestamp_end != end {
+        return Err(Invalid::Fields);
+    }
+    let normal = start == 0
+        && end == line.len()
+        && value_start == path_end + 1
+        && timestamp_start == value_end + 1
+        && line[path_end] == b' '
+        && line[value_end] == b' ';
+    Ok(Fields {
+        path: start..path_end,
+        value: value_start..value_end,
+        timestamp: timestamp_start..timestamp_end,
+        normal,
+    })
+}
+
+fn skip_blanks(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() && is_blank(bytes[at]) {
+        at += 1;
+    }
+    at
+}
+
+fn field_end(bytes: &[u8], mut at: usize) -> usize {
+    while at < bytes.len() && !is_blank(bytes[at]) {
+        at += 1;
+    }
+    at
+}
+
+fn count_digits(bytes: &[u8], at: usize) -> usize {
+    bytes.get(at..).map_or(0, |rest| {
+        rest.iter().take_while(|byte| byte.is_ascii_digit()).count()
+    })
+}
+
+/// Checks a value against the decimal float syntax that both Python `float()` and Go `strconv.ParseFloat` accept.
+/// Returns true for an infinity, which is forwarded but noted.
+fn check_value(value: &[u8]) -> Result<bool, Invalid> {
+    let unsigned = match value.first() {
+        Some(b'+' | b'-') => &value[1..],
+        _ => value,
+    };
+    let n_int_digits = count_digits(unsigned, 0);
+    let mut at = n_int_digits;
+    let mut n_fraction_digits = 0;
+    if unsigned.get(at) == Some(&b'.') {
+        n_fraction_digits = count_digits(unsigned, at + 1);
+        at += 1 + n_fraction_digits;
+    }
+    if n_int_digits + n_fraction_digits == 0 {
+        return check_special_value(unsigned);
+    }
+    if matches!(unsigned.get(at), Some(b'e' | b'E')) {
+        at += 1;
+        if matches!(unsigned.get(at), Some(b'+' | b'-')) {
+            at += 1;
+        }
+        let n_exponent_digits = count_digits(unsigned, at);
+        if n_exponent_digits == 0 {
+            return Err(Invalid::Value);
+        }
+        at += n_exponent_digits;
+    }
+    if at == unsigned.len() {
+        Ok(false)
+    } else {
+        Err(Invalid::Value)
+    }
+}
+
+/// The spelled-out values after the sign: infinities are forwarded (true), NaN is refused on its own reason.
+fn check_special_value(unsigned: &[u8]) -> Result<bool, Invalid> {
+    if unsigned.eq_ignore_ascii_case(b"inf") || unsigned.eq_ignore_ascii_case(b"infinity") {
+        Ok(true)
+    } else if unsigned.eq_ignore_ascii_case(b"nan") {
+        Err(Invalid::Nan)
+    } else {
+        Err(Invalid::Value)
+    }
+}
+
+/// Checks a timestamp: `digits` or `digits.digits*`, not zero, or exactly `-1` (carbon substitutes the time it
+/// receives the line). Returns true when it is more than a year from `now_secs`, either way.
+fn check_timestamp(timestamp: &[u8], now_secs: i64) -> Result<bool, Invalid> {
+    if timestamp == b"-1" {
+        return Ok(false);
+    }
+    let n_int_digits = count_digits(timestamp, 0);
+    if n_int_digits == 0 {
+        return Err(Invalid::Ts);
+    }
+    let mut at = n_int_digits;
+    if timestamp.get(at) == Some(&b'.') {
+        at += 1 + count_digits(timestamp, at + 1);
+    }
+    if at != timestamp.len() {
+        return Err(Invalid::Ts);
+    }
+    if timestamp.iter().all(|&byte| byte == b'0' || byte == b'.') {
+        return Err(Invalid::Ts);
+    }
+    // Only whole seconds matter at a one-year tolerance. More than 19 significant digits cannot fit in a u64 and is
+    // far from any clock.
+    let int_digits = &timestamp[..n_int_digits];
+    let significant = &int_digits[int_digits.iter().take_while(|&&byte| byte == b'0').count()..];
+    if significant.len() > 19 {
+        return Ok(true);
+    }
+    let secs = significant
+        .iter()
+        .fold(0u64, |secs, &byte| secs * 10 + u64::from(byte - b'0'));
+    let now = u64::try_from(now_secs).unwrap_or(0);
+    Ok(secs.abs_diff(now) > TS_FAR_SECS)
+}
+
+/// Splits a path into its name and its tag part (from the first `;` on, possibly empty).
+fn split_tags(path: &[u8]) -> (&[u8], &[u8]) {
+    let name_end = memchr::memchr(b';', path).unwrap_or(path.len());
+    path.split_at(name_end)
+}
+
+/// Checks a path; returns true when its name part must be rewritten.
+fn check_path(path: &[u8], rules: &Rules) -> Result<bool, Invalid> {
+    let (name, tags) = split_tags(path);
+    if name_is_normal(name) {
+        // The name is ASCII from the alphabet, so only the tags can hold a NUL or break UTF-8, and they start at a
+        // character boundary (after the ASCII `;`).
+        if !tags.is_empty() {
+            check_bytes(tags)?;
+        }
+        if path.len() > rules.max_path_bytes {
+            return Err(Invalid::PathLen);
+        }
+        return Ok(false);
+    }
+    check_bytes(path)?;
+    let (name_len, replaced) = normalize_name(name, rules.path_policy, |_| {})?;
+    if name_len == 0 {
+        return Err(Invalid::Path);
+    }
+    if name_len + tags.len() > rules.max_path_bytes {
+        return Err(Invalid::PathLen);
+    }
+    // Dots are only ever removed, so an unchanged length means no dot changed.
+    Ok(replaced || name_len != name.len())
+}
+
+/// Refuses a NUL (checked first, as it is the more specific reason) and invalid UTF-8.
+fn check_bytes(bytes: &[u8]) -> Result<(), Invalid> {
+    if memchr::memchr(0, bytes).is_some() {
+        return Err(Invalid::Nul);
+    }
+    if std::str::from_utf8(bytes).is_err() {
+        return Err(Invalid::Utf8);
+    }
+    Ok(())
+}
+
+/// True when a name is non-empty, only from the alphabet, and has no leading, trailing or repeated dot: the common
+/// case, decided in one pass with a table lookup per byte.
+fn name_is_normal(name: &[u8]) -> bool {
+    let (Some(&first), Some(&last)) = (name.first(), name.last()) else {
+        return false;
+    };
+    if first == b'.' || last == b'.' {
+        return false;
+    }
+    let mut all_in_alphabet = true;
+    let mut repeated_dot = false;
+    let mut previous = OTHER;
+    for &byte in name {
+        let class = PATH_CLASS[usize::from(byte)];
+        all_in_alphabet &= class != OTHER;
+        repeated_dot |= class == DOT && previous == DOT;
+        previous = class;
+    }
+    all_in_alphabet && !repeated_dot
+}
+
+/// Normalises a name byte by byte, giving each output byte to `emit`: bytes outside the alphabet are replaced by
+/// `_`, refused or kept by `path_policy`, then runs of dots collapse to one and leading and trailing dots go.
+/// Returns the output length and whether a byte was replaced. Called twice for a line that needs it, once to
+/// validate and once to write, so that nothing is written for a line that is then refused.
+fn normalize_name(
+    name: &[u8],
+    path_policy: PathPolicy,
+    mut emit: impl FnMut(u8),
+) -> Result<(usize, bool), Invalid> {
+    let mut n_emitted = 0;
+    let mut replaced = false;
+    // A dot is written only once a non-dot byte follows it, which drops trailing dots and repeats for free.
+    let mut dot_pending = false;
+    for &byte in name {
+        let class = PATH_CLASS[usize::from(byte)];
+        if class == DOT {
+            dot_pending = n_emitted > 0;
+            continue;
+        }
+        let output = if class == NAME_CHAR {
+            byte
+        } else {
+            match path_policy {
+                PathPolicy::Sanitize => {
+                    replaced = true;
+                    b'_'
+                }
+                PathPolicy::Reject => return Err(Invalid::PathChars),
+                PathPolicy::Passthrough => byte,
+            }
+        };
+        if dot_pending {
+            emit(b'.');
+            n_emitted += 1;
+            dot_pending = false;
+        }
+        emit(output);
+        n_emitted += 1;
+    }
+    Ok((n_emitted, replaced))
 }
