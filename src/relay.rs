@@ -9,6 +9,7 @@
 //! at ERROR. Only the edges (listener, stats server, tickers) watch the shutdown token; everything downstream ends
 //! when its input ends.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -191,10 +192,11 @@ impl Relay {
         for queue in &self.queues {
             queue.close();
         }
-        let mut writers = self.writers;
+        let mut writers: VecDeque<JoinHandle<()>> = self.writers.into();
         let drained = tokio::time::timeout_at(deadline, async {
-            for writer in &mut writers {
+            while let Some(writer) = writers.front_mut() {
                 let _ = writer.await;
+                writers.pop_front();
             }
         })
         .await

@@ -10,7 +10,7 @@
 //! refuses or evicts is counted as dropped, and nothing here does I/O or blocks a thread.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,10 +24,12 @@ use crate::stats::{DestinationStats, DropReason};
 /// Bytes the priority lane (self-metrics) may hold before its oldest batch is dropped.
 const PRIORITY_MAX_BYTES: usize = 1024 * 1024;
 
-/// Queued bytes below which a destination asks for more input. Senders are paced to the fastest healthy
-/// destination: while every healthy destination holds at least this much, connections wait instead of reading more.
-/// Small, so that healthy destinations stay in cache and memory: 16 batches of 16 KiB was measured fastest.
+/// Queued bytes below which a destination is hungry; above it, a pacing destination makes senders wait (see
+/// `router`). Small, so that healthy destinations stay in cache and memory: 16 batches of 16 KiB was measured fastest.
 pub const PACE_BYTES: usize = 256 * 1024;
+
+/// Window over which a destination's write rate is measured.
+const RATE_WINDOW: Duration = Duration::from_millis(500);
 
 /// A destination that has made no write progress for this long does not pace senders (it is down or stalled).
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -70,6 +72,14 @@ pub struct Queue {
     room: Arc<Notify>,
     /// When the writer last made progress (wrote, or had nothing to write), in ms since `epoch`.
     last_progress_ms: AtomicU64,
+    /// False while the destination is known to be slower than the others: it then lags, within its bounds, instead
+    /// of making senders wait. Set again when it catches up (becomes hungry).
+    pacing: AtomicBool,
+    /// Bytes per second of time spent in writes, over a decaying window; `u64::MAX` until measured. This is how fast
+    /// the destination takes data when there is data to take, whatever the input rate.
+    write_rate: AtomicU64,
+    /// When the write in progress started, in ms since `epoch`, plus one; 0 while not writing.
+    write_started_ms: AtomicU64,
     epoch: Instant,
 }
 
@@ -82,6 +92,9 @@ struct State {
     n_lines: usize,
     n_bytes: usize,
     closed: bool,
+    /// Time spent in writes and bytes written in it, halved whenever the time passes [`RATE_WINDOW`].
+    busy: Duration,
+    busy_bytes: u64,
 }
 
 impl Queue {
@@ -94,6 +107,9 @@ impl Queue {
             data_ready: Notify::new(),
             room,
             last_progress_ms: AtomicU64::new(0),
+            pacing: AtomicBool::new(true),
+            write_rate: AtomicU64::new(u64::MAX),
+            write_started_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         }
     }
@@ -246,20 +262,42 @@ impl Queue {
         self.data_ready.notify_one();
     }
 
-    /// Records that the writer wrote these batches: they leave the queue's accounting and count as sent.
-    pub fn complete(&self, batches: &[Batch]) {
+    /// Records that the writer starts writing (for [`Queue::write_stuck_for`]).
+    pub fn begin_write(&self) {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.write_started_ms.store(now_ms + 1, Ordering::Relaxed);
+    }
+
+    /// Records that the writer wrote these batches, which took `busy`: they leave the queue's accounting and count as
+    /// sent.
+    pub fn complete(&self, batches: &[Batch], busy: Duration) {
         let n_lines: usize = batches.iter().map(|batch| batch.n_lines() as usize).sum();
         let n_bytes: usize = batches.iter().map(Batch::len).sum();
+        self.write_started_ms.store(0, Ordering::Relaxed);
         {
             let mut state = self.state.lock();
             state.n_lines -= n_lines;
             state.n_bytes -= n_bytes;
+            state.busy += busy;
+            state.busy_bytes += n_bytes as u64;
+            let busy_secs = state.busy.as_secs_f64();
+            if busy_secs > 0.0 {
+                let rate = state.busy_bytes as f64 / busy_secs;
+                self.write_rate.store(rate.min(u64::MAX as f64) as u64, Ordering::Relaxed);
+            }
+            if state.busy > RATE_WINDOW {
+                state.busy /= 2;
+                state.busy_bytes /= 2;
+            }
         }
         self.stats.queued_lines.fetch_sub(n_lines as i64, Ordering::Relaxed);
         self.stats.queued_bytes.fetch_sub(n_bytes as i64, Ordering::Relaxed);
         self.stats.sent_lines.fetch_add(n_lines as u64, Ordering::Relaxed);
         self.stats.sent_bytes.fetch_add(n_bytes as u64, Ordering::Relaxed);
         self.mark_progress();
+        if self.is_hungry() {
+            self.pacing.store(true, Ordering::Relaxed);
+        }
         self.room.notify_waiters();
     }
 
@@ -308,6 +346,32 @@ impl Queue {
         }
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         now_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)) < PROGRESS_TIMEOUT.as_millis() as u64
+    }
+
+    /// True while this destination should make senders wait: it is healthy, not hungry, and not known to be slower
+    /// than the others.
+    pub fn holds_senders(&self) -> bool {
+        !self.is_hungry() && self.pacing.load(Ordering::Relaxed) && self.is_healthy()
+    }
+
+    /// How fast the destination takes data while there is data to take, in bytes per second; `None` until measured.
+    pub fn write_rate(&self) -> Option<u64> {
+        Some(self.write_rate.load(Ordering::Relaxed)).filter(|&rate| rate != u64::MAX)
+    }
+
+    /// How long the write in progress has been waiting, if one is.
+    pub fn write_stuck_for(&self) -> Duration {
+        let started_ms = self.write_started_ms.load(Ordering::Relaxed);
+        if started_ms == 0 {
+            return Duration::ZERO;
+        }
+        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        Duration::from_millis(now_ms.saturating_sub(started_ms))
+    }
+
+    /// Stops this destination from making senders wait until it catches up: it is slower than the others.
+    pub fn stop_pacing(&self) {
+        self.pacing.store(false, Ordering::Relaxed);
     }
 
     /// Records that the writer is keeping up (it wrote, or has nothing to write).
@@ -384,7 +448,7 @@ mod tests {
             panic!("expected Full")
         };
         let written = pop_all(&queue).await;
-        queue.complete(&written);
+        queue.complete(&written, Duration::from_millis(1));
         assert_eq!(queue.push(refused), Pushed::Queued);
         assert_eq!(dropped(&queue), 0);
     }

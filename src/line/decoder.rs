@@ -81,6 +81,11 @@ impl Decoder {
             let Some(lf) = memchr::memchr(b'\n', &buf[pos..]) else {
                 let rest = &buf[pos..];
                 if rest.len() > self.rules.max_line_bytes {
+                    // The run ends where the over-long line starts; it must not swallow the line's head.
+                    if run_lines > 0 {
+                        batch.push_lines(&buf[run_start..pos], run_lines);
+                        run_lines = 0;
+                    }
                     counts.add_invalid(Invalid::LineLen);
                     self.discarding = true;
                     pos = buf.len();
@@ -271,6 +276,16 @@ mod tests {
         assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
         assert_eq!(decoded.counts.n_invalid(), 1);
         assert_eq!(decoded.counts.valid, 1);
+    }
+
+    #[test]
+    fn a_valid_line_before_an_over_long_partial_line_in_one_read_arrives_alone() {
+        // Regression: the run of valid lines once swallowed the head of the over-long line that followed it.
+        let mut input = b"a.b 1 1700000000\n".to_vec();
+        input.extend_from_slice(&[b'x'; 200]);
+        let decoded = decode_chunks(&[&input, b"x 1 1700000000\nc.d 2 1700000000\n"], 4096, 1 << 20);
+        assert_eq!(decoded.output, b"a.b 1 1700000000\nc.d 2 1700000000\n");
+        assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
     }
 
     #[test]

@@ -4,11 +4,14 @@
 //! batch is pushed to every queue as one shared buffer: fan-out costs a refcount per destination, not a copy.
 //! (Clusters with consistent hashing will decide per line here and build per-destination batches.)
 //!
-//! It also paces senders: a connection waits after handing over a batch while no healthy destination wants more
-//! input ([`Queue::is_hungry`], [`Queue::is_healthy`]), so the relay reads no faster than its fastest healthy
-//! destination writes, and healthy destinations lose nothing to a fast sender. A down or stalled destination is not
-//! healthy and so never makes senders wait; a slow one only lags, bounded by its queue. With the `block` policy a
-//! full queue makes senders wait for room, giving up that isolation.
+//! It also paces senders, so that healthy destinations lose nothing to a sender faster than they are: after handing
+//! over a batch, a connection waits while some destination [`Queue::holds_senders`] (it is healthy, i.e. connected
+//! and writing, and has more than a few hundred KiB queued). A destination that holds senders for `PACE_TIMEOUT`
+//! while another one is hungry is slower than the rest: it stops pacing and lags, within its queue's bounds, until
+//! it catches up. So the relay reads as fast as its slowest healthy destination that keeps up with the others; a
+//! down or stalled destination (not healthy) never makes senders wait, and a slow one costs the others one
+//! `PACE_TIMEOUT`. When every destination is slower than the input, senders wait: TCP backpressure instead of
+//! loss. With the `block` policy a full queue makes senders wait for room, giving up isolation.
 //!
 //! Invariants: the router does no I/O except `-console-out`; every line handed to it is queued or counted as dropped.
 
@@ -18,7 +21,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::info;
 
 use crate::batch::Batch;
 use crate::destination::{Pushed, Queue};
@@ -26,7 +31,14 @@ use crate::stats::{DropReason, Registry};
 
 /// How often a paced sender re-checks destination health even without a wake-up (a destination can become unhealthy
 /// without any event).
-const PACE_RECHECK: Duration = Duration::from_millis(50);
+const PACE_RECHECK: Duration = Duration::from_millis(20);
+
+/// How long senders wait before checking whether the destinations holding them are slower than the others (and so
+/// should stop pacing until they catch up). Short: it is what a slow destination costs the others, once.
+const PACE_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// A destination whose write rate is less than the fastest one's divided by this is slow: it stops pacing.
+const SLOW_RATIO: u64 = 4;
 
 /// Hands batches to destination queues; shared by every connection.
 #[derive(Debug)]
@@ -115,12 +127,24 @@ impl Router {
     }
 
     async fn pace(&self) {
+        let mut deadline = None;
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            if !self.should_wait() {
+            if !self.queues.iter().any(|queue| queue.holds_senders()) {
                 return;
+            }
+            let now = Instant::now();
+            let deadline_slot = &mut deadline;
+            let deadline = *deadline_slot.get_or_insert(now + PACE_TIMEOUT);
+            if now >= deadline {
+                if self.stop_pacing_slow_destinations() {
+                    return;
+                }
+                // Every destination holding us is about as fast as the others: the input is simply faster than
+                // they are, and waiting is right. Look again later.
+                *deadline_slot = None;
             }
             tokio::select! {
                 () = self.stop.cancelled() => return,
@@ -130,15 +154,33 @@ impl Router {
         }
     }
 
-    /// True while every destination has enough queued and at least one of them is healthy (so it will drain).
-    fn should_wait(&self) -> bool {
-        let mut any_healthy = false;
-        for queue in &self.queues {
-            if queue.is_hungry() {
-                return false;
+    /// Stops the destinations that hold senders and are much slower than the fastest healthy one from pacing; true
+    /// if there were any.
+    fn stop_pacing_slow_destinations(&self) -> bool {
+        let fastest = self
+            .queues
+            .iter()
+            .filter(|queue| queue.is_healthy())
+            .filter_map(|queue| queue.write_rate())
+            .max();
+        let mut any_stopped = false;
+        for queue in self.queues.iter().filter(|queue| queue.holds_senders()) {
+            let stuck = queue.write_stuck_for() >= PACE_TIMEOUT;
+            let slow = match (queue.write_rate(), fastest) {
+                (Some(rate), Some(fastest)) => rate.saturating_mul(SLOW_RATIO) < fastest,
+                _ => false,
+            };
+            if stuck || slow {
+                queue.stop_pacing();
+                any_stopped = true;
+                info!(
+                    destination = %queue.stats().address,
+                    write_rate = queue.write_rate().unwrap_or(0),
+                    fastest,
+                    "destination is slower than the others, letting it lag"
+                );
             }
-            any_healthy |= queue.is_healthy();
         }
-        any_healthy
+        any_stopped
     }
 }

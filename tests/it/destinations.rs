@@ -23,6 +23,7 @@ async fn a_stalled_destination_costs_the_others_nothing_and_counts_its_drops_exa
     config.destination.queue_max_bytes = QUEUE_MAX_BYTES;
     // Longer than the test: the stalled connection stays, so its queue fills and stays full.
     config.destination.write_timeout = Duration::from_secs(600);
+    config.shutdown_timeout = Duration::from_secs(1);
     let relay = TestRelay::start(config).await;
 
     let input = distinct_lines(0, N_LINES);
