@@ -1,1 +1,107 @@
-fn main(){}
+//! Decoder throughput: about 1 MiB of realistic lines through `Decoder::decode`, as a connection drives it.
+//!
+//! Run with `cargo bench --bench decoder -- --warm-up-time 1 --measurement-time 2`.
+//!
+//! Two inputs: every line already in normal form (the common case, copied in runs), and one in ten needing a
+//! rewrite (tabs, CRLF, characters to sanitise). The batch is taken whenever it is full and the unconsumed rest is
+//! presented again, as the connection does, so batch handling is part of the figure.
+
+use criterion::{criterion_main, Criterion, Throughput};
+use polymur::batch::BatchBuilder;
+use polymur::config::PathPolicy;
+use polymur::line::{Decoder, LineCounts, Rules};
+
+const NOW_SECS: i64 = 1_700_000_000;
+const INPUT_BYTES: usize = 1 << 20;
+/// The default `listen.batch_lines` and `listen.batch_max_bytes`.
+const BATCH_LINES: usize = 4096;
+const BATCH_MAX_BYTES: usize = 16 * 1024;
+/// The default `listen.read_buffer_bytes`: the decoder sees the stream in reads of this size.
+const READ_BYTES: usize = 64 * 1024;
+
+fn rules() -> Rules {
+    Rules {
+        max_line_bytes: 16 * 1024,
+        max_path_bytes: 1024,
+        path_policy: PathPolicy::Sanitize,
+        now_secs: NOW_SECS,
+    }
+}
+
+/// About 1 MiB of lines like `servers.fra2.host01234.disk.sda.read_bytes 812.07 1700000120`; every tenth line needs
+/// a rewrite when `rewrite_every_tenth` is set. Returns the bytes and the number of lines.
+fn input(rewrite_every_tenth: bool) -> (Vec<u8>, usize) {
+    const METRICS: [&str; 5] = [
+        "disk.sda.read_bytes",
+        "cpu.user",
+        "memory.free",
+        "net.eth0.rx_packets",
+        "load.1m",
+    ];
+    let mut input = Vec::with_capacity(INPUT_BYTES + 128);
+    let mut n_lines = 0;
+    while input.len() < INPUT_BYTES {
+        let host = n_lines % 5000;
+        let metric = METRICS[n_lines % METRICS.len()];
+        let value = (n_lines * 7919) % 100_000;
+        let timestamp = 1_700_000_000 + n_lines / 1000;
+        let line = match (rewrite_every_tenth, n_lines % 30) {
+            (true, 0) => format!("servers.fra2.host{host:05}.{metric}\t{value}.07\t{timestamp}\n"),
+            (true, 10) => format!("servers.fra2.host{host:05}.{metric} {value}.07 {timestamp}\r\n"),
+            (true, 20) => {
+                format!("servers.fra2.host{host:05}(a).{metric} {value}.07 {timestamp}\n")
+            }
+            _ => format!("servers.fra2.host{host:05}.{metric} {value}.07 {timestamp}\n"),
+        };
+        input.extend_from_slice(line.as_bytes());
+        n_lines += 1;
+    }
+    (input, n_lines)
+}
+
+/// Decodes the whole input the way a connection does; returns the lines forwarded so the work is not optimised away.
+fn decode_all(input: &[u8]) -> u64 {
+    let mut decoder = Decoder::new(rules());
+    let mut batch = BatchBuilder::new(BATCH_LINES, BATCH_MAX_BYTES);
+    let mut counts = LineCounts::default();
+    let mut n_batch_bytes = 0;
+    let mut start = 0;
+    while start < input.len() {
+        let end = (start + READ_BYTES).min(input.len());
+        loop {
+            start += decoder.decode(&input[start..end], &mut batch, &mut counts);
+            if !batch.is_full() {
+                break;
+            }
+            if let Some(taken) = batch.take() {
+                n_batch_bytes += taken.len();
+            }
+        }
+    }
+    if let Some(taken) = batch.take() {
+        n_batch_bytes += taken.len();
+    }
+    std::hint::black_box(n_batch_bytes);
+    counts.valid
+}
+
+fn decoder(c: &mut Criterion) {
+    let mut group = c.benchmark_group("decoder");
+    for (name, rewrite_every_tenth) in [("as_is", false), ("rewrite_10pct", true)] {
+        let (input, n_lines) = input(rewrite_every_tenth);
+        assert_eq!(
+            decode_all(&input),
+            n_lines as u64,
+            "every line of the {name} input is valid"
+        );
+        group.throughput(Throughput::Bytes(input.len() as u64));
+        group.bench_function(name, |bencher| bencher.iter(|| decode_all(&input)));
+    }
+    group.finish();
+}
+
+/// The macro's `pub fn` would need a doc comment at the crate root; in a private module it is not public API.
+mod group {
+    criterion::criterion_group!(benches, super::decoder);
+}
+criterion_main!(group::benches);

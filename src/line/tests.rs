@@ -2,7 +2,7 @@
 
 use bytes::BytesMut;
 
-use super::{check as check_line, Invalid, Note, Rules, Valid};
+use super::{check as check_line, parse_digits, Invalid, Note, Rules, Valid};
 use crate::config::PathPolicy;
 
 /// The clock the cases are written against: 2023-11-14.
@@ -325,4 +325,31 @@ fn the_first_broken_rule_is_the_reason() {
     check("a\0b 1 x", "!ts");
     check("... 1 x", "!ts");
     check("a\0b x", "!fields");
+}
+
+#[test]
+fn digits_of_every_length_up_to_nineteen_parse_as_the_standard_parser_does() {
+    for digits in [
+        "0",
+        "7",
+        "42",
+        "1700000000",
+        "123456789012345678",
+        "9999999999999999999",
+        "1000000000000000000",
+    ] {
+        assert_eq!(
+            parse_digits(digits.as_bytes()),
+            digits.parse::<u64>().expect("digits"),
+            "{digits}"
+        );
+    }
+    for n_digits in 1..=19 {
+        let digits = "9".repeat(n_digits);
+        assert_eq!(
+            parse_digits(digits.as_bytes()),
+            digits.parse::<u64>().expect("digits"),
+            "{digits}"
+        );
+    }
 }
