@@ -24,12 +24,10 @@ use crate::stats::{DestinationStats, DropReason};
 /// Bytes the priority lane (self-metrics) may hold before its oldest batch is dropped.
 const PRIORITY_MAX_BYTES: usize = 1024 * 1024;
 
-/// Queued bytes below which a destination is hungry; above it, a pacing destination makes senders wait (see
-/// `router`). Small, so that healthy destinations stay in cache and memory: 16 batches of 16 KiB was measured fastest.
-pub const PACE_BYTES: usize = 256 * 1024;
-
-/// Window over which a destination's write rate is measured.
-const RATE_WINDOW: Duration = Duration::from_millis(500);
+/// Most bytes a healthy destination may lag before it makes senders wait (see `router`); a quarter of the queue's
+/// byte bound if that is less. Large enough that destinations of about the same speed never hold each other up
+/// through scheduling jitter, small enough to keep memory low when every destination is slower than the input.
+pub const HOLD_MAX_BYTES: usize = 8 * 1024 * 1024;
 
 /// A destination that has made no write progress for this long does not pace senders (it is down or stalled).
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
@@ -75,11 +73,8 @@ pub struct Queue {
     /// False while the destination is known to be slower than the others: it then lags, within its bounds, instead
     /// of making senders wait. Set again when it catches up (becomes hungry).
     pacing: AtomicBool,
-    /// Bytes per second of time spent in writes, over a decaying window; `u64::MAX` until measured. This is how fast
-    /// the destination takes data when there is data to take, whatever the input rate.
-    write_rate: AtomicU64,
-    /// When the write in progress started, in ms since `epoch`, plus one; 0 while not writing.
-    write_started_ms: AtomicU64,
+    /// Queued bytes above which this destination holds senders (see [`Queue::holds_senders`]).
+    hold_bytes: i64,
     epoch: Instant,
 }
 
@@ -92,9 +87,6 @@ struct State {
     n_lines: usize,
     n_bytes: usize,
     closed: bool,
-    /// Time spent in writes and bytes written in it, halved whenever the time passes [`RATE_WINDOW`].
-    busy: Duration,
-    busy_bytes: u64,
 }
 
 impl Queue {
@@ -108,8 +100,7 @@ impl Queue {
             room,
             last_progress_ms: AtomicU64::new(0),
             pacing: AtomicBool::new(true),
-            write_rate: AtomicU64::new(u64::MAX),
-            write_started_ms: AtomicU64::new(0),
+            hold_bytes: (HOLD_MAX_BYTES.min(limits.max_bytes / 4)) as i64,
             epoch: Instant::now(),
         }
     }
@@ -262,40 +253,21 @@ impl Queue {
         self.data_ready.notify_one();
     }
 
-    /// Records that the writer starts writing (for [`Queue::write_stuck_for`]).
-    pub fn begin_write(&self) {
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        self.write_started_ms.store(now_ms + 1, Ordering::Relaxed);
-    }
-
-    /// Records that the writer wrote these batches, which took `busy`: they leave the queue's accounting and count as
-    /// sent.
-    pub fn complete(&self, batches: &[Batch], busy: Duration) {
+    /// Records that the writer wrote these batches: they leave the queue's accounting and count as sent.
+    pub fn complete(&self, batches: &[Batch]) {
         let n_lines: usize = batches.iter().map(|batch| batch.n_lines() as usize).sum();
         let n_bytes: usize = batches.iter().map(Batch::len).sum();
-        self.write_started_ms.store(0, Ordering::Relaxed);
         {
             let mut state = self.state.lock();
             state.n_lines -= n_lines;
             state.n_bytes -= n_bytes;
-            state.busy += busy;
-            state.busy_bytes += n_bytes as u64;
-            let busy_secs = state.busy.as_secs_f64();
-            if busy_secs > 0.0 {
-                let rate = state.busy_bytes as f64 / busy_secs;
-                self.write_rate.store(rate.min(u64::MAX as f64) as u64, Ordering::Relaxed);
-            }
-            if state.busy > RATE_WINDOW {
-                state.busy /= 2;
-                state.busy_bytes /= 2;
-            }
         }
         self.stats.queued_lines.fetch_sub(n_lines as i64, Ordering::Relaxed);
         self.stats.queued_bytes.fetch_sub(n_bytes as i64, Ordering::Relaxed);
         self.stats.sent_lines.fetch_add(n_lines as u64, Ordering::Relaxed);
         self.stats.sent_bytes.fetch_add(n_bytes as u64, Ordering::Relaxed);
         self.mark_progress();
-        if self.is_hungry() {
+        if self.is_starving() {
             self.pacing.store(true, Ordering::Relaxed);
         }
         self.room.notify_waiters();
@@ -333,9 +305,9 @@ impl Queue {
         state.closed || self.fits(&state, n_lines, n_bytes)
     }
 
-    /// True while the queue holds less than [`PACE_BYTES`]: the destination could take more input now.
-    pub fn is_hungry(&self) -> bool {
-        self.stats.queued_bytes.load(Ordering::Relaxed) < PACE_BYTES as i64
+    /// True while the queue is nearly empty (under a quarter of its hold threshold): the destination waits for input.
+    pub fn is_starving(&self) -> bool {
+        self.stats.queued_bytes.load(Ordering::Relaxed) < self.hold_bytes / 4
     }
 
     /// True while the destination is connected and its writer made progress within [`PROGRESS_TIMEOUT`]: only such
@@ -348,25 +320,12 @@ impl Queue {
         now_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)) < PROGRESS_TIMEOUT.as_millis() as u64
     }
 
-    /// True while this destination should make senders wait: it is healthy, not hungry, and not known to be slower
-    /// than the others.
+    /// True while this destination makes senders wait: it is healthy, lags more than its hold threshold, and is not
+    /// known to be slower than the others.
     pub fn holds_senders(&self) -> bool {
-        !self.is_hungry() && self.pacing.load(Ordering::Relaxed) && self.is_healthy()
-    }
-
-    /// How fast the destination takes data while there is data to take, in bytes per second; `None` until measured.
-    pub fn write_rate(&self) -> Option<u64> {
-        Some(self.write_rate.load(Ordering::Relaxed)).filter(|&rate| rate != u64::MAX)
-    }
-
-    /// How long the write in progress has been waiting, if one is.
-    pub fn write_stuck_for(&self) -> Duration {
-        let started_ms = self.write_started_ms.load(Ordering::Relaxed);
-        if started_ms == 0 {
-            return Duration::ZERO;
-        }
-        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
-        Duration::from_millis(now_ms.saturating_sub(started_ms))
+        self.stats.queued_bytes.load(Ordering::Relaxed) > self.hold_bytes
+            && self.pacing.load(Ordering::Relaxed)
+            && self.is_healthy()
     }
 
     /// Stops this destination from making senders wait until it catches up: it is slower than the others.
@@ -448,7 +407,7 @@ mod tests {
             panic!("expected Full")
         };
         let written = pop_all(&queue).await;
-        queue.complete(&written, Duration::from_millis(1));
+        queue.complete(&written);
         assert_eq!(queue.push(refused), Pushed::Queued);
         assert_eq!(dropped(&queue), 0);
     }

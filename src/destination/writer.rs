@@ -15,7 +15,7 @@
 use std::io::{self, IoSlice};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -156,8 +156,6 @@ async fn write_until_error(
             let _ = tokio::time::timeout(settings.write_timeout, stream.shutdown()).await;
             return Ended::Drained;
         }
-        queue.begin_write();
-        let write_started = Instant::now();
         let written = tokio::select! {
             biased;
             () = stop.cancelled() => {
@@ -168,7 +166,7 @@ async fn write_until_error(
         };
         match written {
             Ok(()) => {
-                queue.complete(batches, write_started.elapsed());
+                queue.complete(batches);
                 batches.clear();
             }
             Err(err) => {

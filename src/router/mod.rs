@@ -6,12 +6,12 @@
 //!
 //! It also paces senders, so that healthy destinations lose nothing to a sender faster than they are: after handing
 //! over a batch, a connection waits while some destination [`Queue::holds_senders`] (it is healthy, i.e. connected
-//! and writing, and has more than a few hundred KiB queued). A destination that holds senders for `PACE_TIMEOUT`
-//! while another one is hungry is slower than the rest: it stops pacing and lags, within its queue's bounds, until
-//! it catches up. So the relay reads as fast as its slowest healthy destination that keeps up with the others; a
-//! down or stalled destination (not healthy) never makes senders wait, and a slow one costs the others one
-//! `PACE_TIMEOUT`. When every destination is slower than the input, senders wait: TCP backpressure instead of
-//! loss. With the `block` policy a full queue makes senders wait for room, giving up isolation.
+//! and writing, and lags by more than a few MiB). Destinations of about the same speed therefore never lose lines
+//! to each other's jitter. A destination that holds senders for `PACE_TIMEOUT` while another one starves is much
+//! slower than the rest: it stops pacing and lags, within its queue's bounds, until it catches up. A down or stalled
+//! destination (not healthy) never makes senders wait, and a slow one costs the others one `PACE_TIMEOUT`. When
+//! every destination is slower than the input, senders wait: TCP backpressure instead of loss. With the `block`
+//! policy a full queue makes senders wait for room, giving up isolation.
 //!
 //! Invariants: the router does no I/O except `-console-out`; every line handed to it is queued or counted as dropped.
 
@@ -33,12 +33,11 @@ use crate::stats::{DropReason, Registry};
 /// without any event).
 const PACE_RECHECK: Duration = Duration::from_millis(20);
 
-/// How long senders wait before checking whether the destinations holding them are slower than the others (and so
-/// should stop pacing until they catch up). Short: it is what a slow destination costs the others, once.
+/// How long senders wait for the destinations holding them before checking whether another destination is starving
+/// meanwhile, which makes the holders slower than the rest: they stop pacing until they catch up. Short: it is what
+/// a slow destination costs the others, once.
 const PACE_TIMEOUT: Duration = Duration::from_millis(100);
 
-/// A destination whose write rate is less than the fastest one's divided by this is slow: it stops pacing.
-const SLOW_RATIO: u64 = 4;
 
 /// Hands batches to destination queues; shared by every connection.
 #[derive(Debug)]
@@ -154,32 +153,17 @@ impl Router {
         }
     }
 
-    /// Stops the destinations that hold senders and are much slower than the fastest healthy one from pacing; true
-    /// if there were any.
+    /// Stops the destinations that hold senders from pacing if another healthy destination is starving meanwhile:
+    /// they are much slower than the rest. True if there were any.
     fn stop_pacing_slow_destinations(&self) -> bool {
-        let fastest = self
-            .queues
-            .iter()
-            .filter(|queue| queue.is_healthy())
-            .filter_map(|queue| queue.write_rate())
-            .max();
+        if !self.queues.iter().any(|queue| queue.is_healthy() && queue.is_starving()) {
+            return false;
+        }
         let mut any_stopped = false;
         for queue in self.queues.iter().filter(|queue| queue.holds_senders()) {
-            let stuck = queue.write_stuck_for() >= PACE_TIMEOUT;
-            let slow = match (queue.write_rate(), fastest) {
-                (Some(rate), Some(fastest)) => rate.saturating_mul(SLOW_RATIO) < fastest,
-                _ => false,
-            };
-            if stuck || slow {
-                queue.stop_pacing();
-                any_stopped = true;
-                info!(
-                    destination = %queue.stats().address,
-                    write_rate = queue.write_rate().unwrap_or(0),
-                    fastest,
-                    "destination is slower than the others, letting it lag"
-                );
-            }
+            queue.stop_pacing();
+            any_stopped = true;
+            info!(destination = %queue.stats().address, "destination is slower than the others, letting it lag");
         }
         any_stopped
     }

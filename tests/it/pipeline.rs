@@ -175,27 +175,30 @@ async fn without_destinations_every_valid_line_is_counted_as_dropped() {
 
 #[tokio::test]
 async fn self_metrics_get_out_while_user_traffic_fills_the_queue() {
-    let sink = Sink::start().await;
-    let mut config = support::config(&[sink.address()]);
+    let fast = Sink::start().await;
+    // About 400 KB/s: far slower than the input, so its queue overflows while the fast one sets the pace.
+    let slow = Sink::start_slow(4096, Duration::from_millis(10)).await;
+    let mut config = support::config(&[fast.address(), slow.address()]);
     config.stats.metrics_flush = Duration::from_millis(200);
     config.stats.metrics_prefix = "carbon.relays.test".to_string();
-    // A queue that holds a single batch: everything else user traffic brings is dropped.
-    config.destination.queue_max_bytes = 16 * 1024;
-    config.destination.queue_capacity_lines = 10;
+    config.destination.queue_max_bytes = 64 * 1024;
     let relay = TestRelay::start(config).await;
-    let destination = relay.destination(0);
-    // Keep the queue full: a client sends far more than the queue holds, repeatedly.
+    let slow_destination = relay.destination(1);
     let address = relay.address();
     let flood = tokio::spawn(async move {
         for round in 0..20 {
-            send(address, &distinct_lines(round, 5_000)).await;
+            send(address, &distinct_lines(round, 20_000)).await;
         }
     });
-    eventually("user lines were dropped for a full queue", || destination.dropped_total() > 0).await;
-    eventually("self-metrics arrive", || {
-        sink.lines().iter().any(|line| line.starts_with("carbon.relays.test.metricsReceived "))
+    eventually("user lines are dropped for the slow destination's full queue", || {
+        slow_destination.dropped_total() > 0
     })
     .await;
+    eventually("self-metrics reach the slow destination", || {
+        slow.lines().iter().any(|line| line.starts_with("carbon.relays.test.metricsReceived "))
+    })
+    .await;
+    assert_eq!(relay.destination(0).dropped_total(), 0, "the fast destination lost lines");
     flood.await.expect("flood");
     relay.shutdown().await;
 }

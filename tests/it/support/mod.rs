@@ -99,6 +99,15 @@ impl Sink {
 
     /// A sink on a given address (to bring a destination back on its old port).
     pub async fn start_on(address: SocketAddr) -> Sink {
+        Sink::start_reading(address, 64 * 1024, Duration::ZERO).await
+    }
+
+    /// A slow sink: reads at most `read_bytes` at a time, pausing `pause` after each read.
+    pub async fn start_slow(read_bytes: usize, pause: Duration) -> Sink {
+        Sink::start_reading("127.0.0.1:0".parse().expect("address"), read_bytes, pause).await
+    }
+
+    async fn start_reading(address: SocketAddr, read_bytes: usize, pause: Duration) -> Sink {
         let listener = TcpListener::bind(address).await.expect("sink binds");
         let address = listener.local_addr().expect("sink address");
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -118,8 +127,11 @@ impl Sink {
                     readers.lock().push(tokio::spawn(async move {
                         // Keep only whole lines: a connection cut mid-line must not glue onto another's bytes.
                         let mut pending = Vec::new();
-                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut buf = vec![0u8; read_bytes];
                         loop {
+                            if !pause.is_zero() {
+                                tokio::time::sleep(pause).await;
+                            }
                             match stream.read(&mut buf).await {
                                 Ok(0) | Err(_) => break,
                                 Ok(n) => {
