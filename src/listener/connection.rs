@@ -194,3 +194,156 @@ fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> Option<F::Output> {
         Poll::Pending => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::pin::Pin;
+
+    use tokio::io::{AsyncWriteExt, DuplexStream, ReadBuf};
+    use tokio::sync::Notify;
+
+    use super::*;
+    use crate::config::{DestinationConfig, LineConfig, OverflowPolicy};
+    use crate::destination::{Queue, QueueLimits};
+
+    const LINE: &[u8] = b"a.b 1 1700000000\n";
+
+    /// A connection context whose router feeds one queue without a writer, so tests can look at the batches.
+    fn context(config: ListenConfig) -> (ConnectionContext, Arc<Queue>) {
+        let registry = Arc::new(Registry::new(&["test:1".to_string()]));
+        let defaults = DestinationConfig::default();
+        let limits = QueueLimits {
+            max_lines: defaults.queue_capacity_lines,
+            max_bytes: 1 << 30,
+            overflow: OverflowPolicy::DropNewest,
+        };
+        let room = Arc::new(Notify::new());
+        let queue = Arc::new(Queue::new(limits, Arc::clone(&registry.destinations[0]), Arc::clone(&room)));
+        let router = Router::new(vec![Arc::clone(&queue)], room, Arc::clone(&registry), false, CancellationToken::new());
+        let context = ConnectionContext {
+            config,
+            rules: Rules::from_config(&LineConfig::default()),
+            router: Arc::new(router),
+            registry,
+        };
+        (context, queue)
+    }
+
+    fn spawn(client: DuplexStream, context: ConnectionContext) -> tokio::task::JoinHandle<(Closed, Instant)> {
+        tokio::spawn(async move {
+            let closed = handle(client, &context, &CancellationToken::new()).await;
+            (closed, Instant::now())
+        })
+    }
+
+    fn queued_lines(queue: &Queue) -> i64 {
+        queue.stats().queued_lines.load(Ordering::Relaxed)
+    }
+
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_line_is_handed_on_as_soon_as_the_connection_has_nothing_more_ready() {
+        let (context, queue) = context(ListenConfig::default());
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let started = Instant::now();
+        let connection = spawn(server, context);
+        client.write_all(LINE).await.unwrap();
+        settle().await;
+        assert_eq!(queued_lines(&queue), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO, "the batch waited for a timer");
+        drop(client);
+        assert_eq!(connection.await.unwrap().0, Closed::Eof);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_closed_after_idle_timeout_from_its_last_complete_line() {
+        let (context, queue) = context(ListenConfig::default());
+        let registry = Arc::clone(&context.registry);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let started = Instant::now();
+        let connection = spawn(server, context);
+        client.write_all(LINE).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(300)).await;
+        client.write_all(LINE).await.unwrap();
+        let (closed, at) = connection.await.unwrap();
+        assert_eq!(closed, Closed::Idle);
+        assert_eq!(at - started, Duration::from_secs(300 + 600));
+        assert_eq!(queued_lines(&queue), 2);
+        assert_eq!(registry.relay.connections_idle_closed.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partial_line_older_than_its_timeout_is_dropped_and_counted() {
+        let (context, queue) = context(ListenConfig::default());
+        let registry = Arc::clone(&context.registry);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let started = Instant::now();
+        let connection = spawn(server, context);
+        client.write_all(b"a.b 1 1700000000\nslow.loris 1 17").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        // More of the same partial line does not restart its clock.
+        client.write_all(b"000").await.unwrap();
+        let (closed, at) = connection.await.unwrap();
+        assert_eq!(closed, Closed::PartialTimeout);
+        assert_eq!(at - started, Duration::from_secs(30));
+        assert_eq!(queued_lines(&queue), 1);
+        let partial_timeouts = &registry.relay.lines_invalid[Invalid::PartialTimeout as usize];
+        assert_eq!(partial_timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_timeouts_keep_a_quiet_connection_open() {
+        let config = ListenConfig {
+            idle_timeout: Duration::ZERO,
+            partial_line_timeout: Duration::ZERO,
+            ..ListenConfig::default()
+        };
+        let (context, _queue) = context(config);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let connection = spawn(server, context);
+        client.write_all(b"partial").await.unwrap();
+        tokio::time::sleep(Duration::from_secs(24 * 3600)).await;
+        assert!(!connection.is_finished());
+        drop(client);
+        assert_eq!(connection.await.unwrap().0, Closed::Eof);
+    }
+
+    /// A client that always has another line ready, until a deadline in real time.
+    struct Firehose {
+        until: std::time::Instant,
+    }
+
+    impl AsyncRead for Firehose {
+        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+            if std::time::Instant::now() < self.until {
+                buf.put_slice(LINE);
+            }
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_is_handed_on_after_flush_interval_even_if_the_client_never_pauses() {
+        let config = ListenConfig {
+            flush_interval: Duration::from_millis(50),
+            batch_lines: usize::MAX,
+            batch_max_bytes: 16 * 1024 * 1024,
+            ..ListenConfig::default()
+        };
+        let (context, queue) = context(config);
+        let firehose = Firehose {
+            until: std::time::Instant::now() + Duration::from_millis(300),
+        };
+        assert_eq!(handle(firehose, &context, &CancellationToken::new()).await, Closed::Eof);
+        let mut batches = Vec::new();
+        assert!(queue.pop_into(&mut batches, usize::MAX).await);
+        // Without the interval the whole stream would be one batch, handed on at EOF.
+        assert!(batches.len() >= 3, "only {} batches", batches.len());
+    }
+}
