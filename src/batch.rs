@@ -102,6 +102,11 @@ impl BatchBuilder {
         self.max_bytes.saturating_sub(self.buf.len())
     }
 
+    /// Lines a builder may still take before it is full (0 when full).
+    pub fn remaining_lines(&self) -> u32 {
+        self.max_lines.saturating_sub(self.n_lines)
+    }
+
     /// True when the batch has reached its line or byte limit and should be handed on.
     pub fn is_full(&self) -> bool {
         self.n_lines >= self.max_lines || self.buf.len() >= self.max_bytes

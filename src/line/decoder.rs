@@ -7,21 +7,22 @@
 //! over-long line, which it drops and then skips to its LF; and it never writes a batch past the point where
 //! [`BatchBuilder::is_full`] turns true by bytes.
 //!
-//! One limit is not exact: the builder's line limit can only be seen through `is_full`, which does not know about a
-//! pending run, so a batch may hold up to [`MAX_RUN_LINES`]` - 1` lines more than its line limit. Its byte limit is
-//! exact, and it is the one that decides under load.
+//! A pending run is copied when it reaches the batch's byte or line limit, so the line limit holds exactly and the
+//! byte limit is passed by at most one line, as [`BatchBuilder::is_full`] sees them.
+
+use std::ops::Range;
 
 use super::{parse, write_normal, Invalid, LineCounts, Rules};
 use crate::batch::BatchBuilder;
 
-/// Most lines copied in one run before the batch is asked whether it is full; bounds the overshoot of its line limit.
-pub const MAX_RUN_LINES: u32 = 64;
 
 /// Splits a connection's byte stream into lines and validates them; one per connection.
 #[derive(Debug)]
 pub struct Decoder {
     rules: Rules,
     discarding: bool,
+    /// The first line refused since the last [`Decoder::take_rejected`], for a sampled log line.
+    rejected: Option<(Invalid, Range<usize>)>,
 }
 
 impl Decoder {
@@ -30,7 +31,14 @@ impl Decoder {
         Decoder {
             rules,
             discarding: false,
+            rejected: None,
         }
+    }
+
+    /// The first line refused by the last [`Decoder::decode`] call, as its reason and its range in that call's
+    /// buffer; cleared by the call. Lets the caller log a sample of bad input without the decoder doing I/O.
+    pub fn take_rejected(&mut self) -> Option<(Invalid, Range<usize>)> {
+        self.rejected.take()
     }
 
     /// Updates the time used for [`super::Note::TsFar`].
@@ -68,12 +76,14 @@ impl Decoder {
         let mut run_start = pos;
         let mut run_lines = 0u32;
         let mut room_bytes = batch.remaining_bytes();
+        let mut room_lines = batch.remaining_lines();
         loop {
-            if run_lines > 0 && (pos - run_start >= room_bytes || run_lines >= MAX_RUN_LINES) {
+            if run_lines > 0 && (pos - run_start >= room_bytes || run_lines >= room_lines) {
                 batch.push_lines(&buf[run_start..pos], run_lines);
                 run_start = pos;
                 run_lines = 0;
                 room_bytes = batch.remaining_bytes();
+                room_lines = batch.remaining_lines();
             }
             if run_lines == 0 && batch.is_full() {
                 break;
@@ -116,13 +126,18 @@ impl Decoder {
                     batch.commit_line();
                     run_start = next;
                     room_bytes = batch.remaining_bytes();
+                    room_lines = batch.remaining_lines();
                 }
                 Err(reason) => {
                     counts.add_invalid(reason);
+                    if self.rejected.is_none() {
+                        self.rejected = Some((reason, pos..line_end));
+                    }
                     if run_lines > 0 {
                         batch.push_lines(&buf[run_start..pos], run_lines);
                         run_lines = 0;
                         room_bytes = batch.remaining_bytes();
+                        room_lines = batch.remaining_lines();
                     }
                     run_start = next;
                 }
@@ -260,11 +275,11 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_exceeds_its_line_limit_by_less_than_one_run() {
+    fn a_batch_holds_exactly_its_line_limit() {
         let input = "a 1 1700000000\n".repeat(200);
         let decoded = decode_chunks(&[input.as_bytes()], 3, 1 << 20);
         assert_eq!(decoded.output, input.as_bytes());
-        assert_eq!(decoded.n_batches, 200usize.div_ceil(MAX_RUN_LINES as usize));
+        assert_eq!(decoded.n_batches, 200usize.div_ceil(3));
     }
 
     #[test]

@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::batch::BatchBuilder;
 use crate::config::ListenConfig;
@@ -134,7 +135,11 @@ pub async fn handle<R: AsyncRead + Unpin>(
 
         let mut consumed = 0;
         loop {
-            consumed += decoder.decode(&buf[consumed..], &mut batch, &mut counts);
+            let start = consumed;
+            consumed += decoder.decode(&buf[start..], &mut batch, &mut counts);
+            if let Some((reason, range)) = decoder.take_rejected() {
+                log_rejected(reason, &buf[start..][range], &counts, context);
+            }
             publish(&mut counts, context);
             if !batch.is_full() {
                 break;
@@ -175,6 +180,26 @@ fn publish(counts: &mut LineCounts, context: &ConnectionContext) {
     }
     stats.add_line_counts(counts);
     *counts = LineCounts::default();
+}
+
+/// Longest sample of a refused line in a log message, after escaping.
+const MAX_LOGGED_LINE_BYTES: usize = 400;
+
+/// Logs one refused line, escaped and truncated, at most once a second for the whole relay.
+fn log_rejected(reason: Invalid, line: &[u8], counts: &LineCounts, context: &ConnectionContext) {
+    if !context.registry.relay.invalid_line_log.allow() {
+        return;
+    }
+    let mut escaped = line.escape_ascii().to_string();
+    if escaped.len() > MAX_LOGGED_LINE_BYTES {
+        let mut end = MAX_LOGGED_LINE_BYTES;
+        while !escaped.is_char_boundary(end) {
+            end -= 1;
+        }
+        escaped.truncate(end);
+        escaped.push_str("...");
+    }
+    warn!(reason = reason.name(), line = %escaped, refused_in_read = counts.n_invalid(), "refused invalid line (sampled)");
 }
 
 async fn flush(batch: &mut BatchBuilder, context: &ConnectionContext) {

@@ -48,6 +48,31 @@ pub struct Stats {
     pub inbound_lines: AtomicI64,
     /// When these counters were created, for `uptime_secs`.
     pub started: Started,
+    /// Limits the sampled log line about refused input to one a second for the whole relay.
+    pub invalid_line_log: RateLimit,
+}
+
+/// Lets one event through per interval (one second), across threads; the rest are only counted elsewhere.
+#[derive(Debug, Default)]
+pub struct RateLimit {
+    /// Unix time in ms before which nothing more is let through.
+    next_allowed_ms: AtomicU64,
+}
+
+impl RateLimit {
+    /// True for at most one caller per second.
+    pub fn allow(&self) -> bool {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_millis() as u64)
+            .unwrap_or(0);
+        let next_allowed_ms = self.next_allowed_ms.load(Ordering::Relaxed);
+        now_ms >= next_allowed_ms
+            && self
+                .next_allowed_ms
+                .compare_exchange(next_allowed_ms, now_ms + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
 }
 
 /// The instant the process-wide counters were created; [`Default`] is now.

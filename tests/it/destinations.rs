@@ -98,3 +98,20 @@ async fn a_destination_killed_and_restarted_gets_the_lines_from_before_and_after
     assert!(destination.disconnects.load(Ordering::Relaxed) >= 1);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_destination_that_never_reads_is_reconnected_after_the_write_timeout() {
+    let stalled = StalledSink::start().await;
+    let mut config = support::config(&[stalled.address()]);
+    config.destination.write_timeout = Duration::from_millis(300);
+    let relay = TestRelay::start(config).await;
+    // Far more than the socket buffers on both sides hold, so a write blocks.
+    send(relay.address(), &distinct_lines(3, 200_000)).await;
+    let destination = relay.destination(0);
+    eventually("a write timed out and the writer reconnected", || {
+        destination.write_timeouts.load(Ordering::Relaxed) >= 1 && destination.connects.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert!(destination.disconnects.load(Ordering::Relaxed) >= 1);
+    relay.shutdown().await;
+}

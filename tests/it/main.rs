@@ -6,3 +6,5 @@ mod support;
 mod pipeline;
 // Destinations failing: stalled, down at start, killed and restarted.
 mod destinations;
+// Many connections: thousands at once, the cap, idle and slowloris connections.
+mod connections;
