@@ -1,7 +1,7 @@
 //! Test support: the relay started in process on port 0, counting destinations, and waiting helpers.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use polymur::relay::{Relay, RelayHandle, ShutdownReport};
 use polymur::Config;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
 /// How long `eventually` waits before failing a test.
@@ -82,13 +82,16 @@ impl TestRelay {
 }
 
 /// A destination that accepts any number of connections and records every byte it reads.
+///
+/// It runs on its own threads with blocking sockets, like a real destination in another process: the test's runtime,
+/// busy with thousands of clients, must not decide how fast a destination reads.
 pub struct Sink {
     address: SocketAddr,
     received: Arc<Mutex<Vec<u8>>>,
     n_lines: Arc<AtomicUsize>,
-    n_connections: Arc<AtomicUsize>,
-    acceptor: JoinHandle<()>,
-    readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    stop: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Sink {
@@ -99,53 +102,42 @@ impl Sink {
 
     /// A sink on a given address (to bring a destination back on its old port).
     pub async fn start_on(address: SocketAddr) -> Sink {
-        Sink::start_reading(address, 64 * 1024, Duration::ZERO).await
+        Sink::start_reading(address, 64 * 1024, Duration::ZERO)
     }
 
     /// A slow sink: reads at most `read_bytes` at a time, pausing `pause` after each read.
     pub async fn start_slow(read_bytes: usize, pause: Duration) -> Sink {
-        Sink::start_reading("127.0.0.1:0".parse().expect("address"), read_bytes, pause).await
+        Sink::start_reading("127.0.0.1:0".parse().expect("address"), read_bytes, pause)
     }
 
-    async fn start_reading(address: SocketAddr, read_bytes: usize, pause: Duration) -> Sink {
-        let listener = TcpListener::bind(address).await.expect("sink binds");
+    fn start_reading(address: SocketAddr, read_bytes: usize, pause: Duration) -> Sink {
+        let listener = std::net::TcpListener::bind(address).expect("sink binds");
         let address = listener.local_addr().expect("sink address");
+        listener.set_nonblocking(true).expect("nonblocking listener");
         let received = Arc::new(Mutex::new(Vec::new()));
         let n_lines = Arc::new(AtomicUsize::new(0));
-        let n_connections = Arc::new(AtomicUsize::new(0));
-        let readers: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let acceptor = tokio::spawn({
+        let stop = Arc::new(AtomicBool::new(false));
+        let streams: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
+        let acceptor = std::thread::spawn({
             let received = Arc::clone(&received);
             let n_lines = Arc::clone(&n_lines);
-            let n_connections = Arc::clone(&n_connections);
-            let readers = Arc::clone(&readers);
-            async move {
-                while let Ok((mut stream, _)) = listener.accept().await {
-                    n_connections.fetch_add(1, Ordering::SeqCst);
+            let stop = Arc::clone(&stop);
+            let streams = Arc::clone(&streams);
+            move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let stream = match listener.accept() {
+                        Ok((stream, _)) => stream,
+                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(2));
+                            continue;
+                        }
+                        Err(_) => break,
+                    };
+                    stream.set_nonblocking(false).expect("blocking stream");
+                    streams.lock().push(stream.try_clone().expect("clone stream"));
                     let received = Arc::clone(&received);
                     let n_lines = Arc::clone(&n_lines);
-                    readers.lock().push(tokio::spawn(async move {
-                        // Keep only whole lines: a connection cut mid-line must not glue onto another's bytes.
-                        let mut pending = Vec::new();
-                        let mut buf = vec![0u8; read_bytes];
-                        loop {
-                            if !pause.is_zero() {
-                                tokio::time::sleep(pause).await;
-                            }
-                            match stream.read(&mut buf).await {
-                                Ok(0) | Err(_) => break,
-                                Ok(n) => {
-                                    pending.extend_from_slice(&buf[..n]);
-                                    if let Some(last_lf) = pending.iter().rposition(|&b| b == b'\n') {
-                                        let whole: Vec<u8> = pending.drain(..=last_lf).collect();
-                                        let n_new = whole.iter().filter(|&&b| b == b'\n').count();
-                                        received.lock().extend_from_slice(&whole);
-                                        n_lines.fetch_add(n_new, Ordering::SeqCst);
-                                    }
-                                }
-                            }
-                        }
-                    }));
+                    std::thread::spawn(move || read_lines(stream, read_bytes, pause, &received, &n_lines));
                 }
             }
         });
@@ -153,9 +145,9 @@ impl Sink {
             address,
             received,
             n_lines,
-            n_connections,
-            acceptor,
-            readers,
+            stop,
+            streams,
+            acceptor: Some(acceptor),
         }
     }
 
@@ -167,11 +159,6 @@ impl Sink {
     /// Lines read so far.
     pub fn n_lines(&self) -> usize {
         self.n_lines.load(Ordering::SeqCst)
-    }
-
-    /// Connections accepted so far.
-    pub fn n_connections(&self) -> usize {
-        self.n_connections.load(Ordering::SeqCst)
     }
 
     /// Every line read so far, without LF, in arrival order.
@@ -190,19 +177,54 @@ impl Sink {
         lines
     }
 
-    /// Lines whose path does not start with `carbon.` (the relay's own metrics).
-    pub fn data_lines(&self) -> Vec<String> {
-        self.lines().into_iter().filter(|line| !line.starts_with("carbon.")).collect()
+    /// Closes the listener and every connection, as a killed destination would, and waits until they are closed.
+    pub async fn kill(mut self) {
+        self.close();
     }
 
-    /// Closes the listener and every connection, as a killed destination would, and waits until they are closed.
-    pub async fn kill(self) {
-        self.acceptor.abort();
-        let _ = self.acceptor.await;
-        let readers: Vec<JoinHandle<()>> = self.readers.lock().drain(..).collect();
-        for reader in readers {
-            reader.abort();
-            let _ = reader.await;
+    fn close(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(acceptor) = self.acceptor.take() {
+            acceptor.join().expect("acceptor thread");
+        }
+        for stream in self.streams.lock().drain(..) {
+            let _ = stream.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// A sink's reader: keeps only whole lines, so a connection cut mid-line does not glue onto another's bytes.
+fn read_lines(
+    mut stream: std::net::TcpStream,
+    read_bytes: usize,
+    pause: Duration,
+    received: &Mutex<Vec<u8>>,
+    n_lines: &AtomicUsize,
+) {
+    use std::io::Read;
+    let mut pending = Vec::new();
+    let mut buf = vec![0u8; read_bytes];
+    loop {
+        if !pause.is_zero() {
+            std::thread::sleep(pause);
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                pending.extend_from_slice(&buf[..n]);
+                if let Some(last_lf) = memchr::memrchr(b'\n', &pending) {
+                    let n_new = memchr::memchr_iter(b'\n', &pending[..=last_lf]).count();
+                    received.lock().extend_from_slice(&pending[..=last_lf]);
+                    pending.drain(..=last_lf);
+                    n_lines.fetch_add(n_new, Ordering::SeqCst);
+                }
+            }
         }
     }
 }
