@@ -33,7 +33,12 @@ impl Decoder {
     /// is full. Returns the number of bytes consumed; the caller keeps the rest and presents it again, followed by
     /// more bytes. A rest longer than `max_line_bytes` (no LF yet) is consumed, counted once as `line_len`, and the
     /// decoder skips up to the next LF.
-    pub fn decode(&mut self, buf: &[u8], batch: &mut BatchBuilder, counts: &mut LineCounts) -> usize {
+    pub fn decode(
+        &mut self,
+        buf: &[u8],
+        batch: &mut BatchBuilder,
+        counts: &mut LineCounts,
+    ) -> usize {
         let _ = (buf, batch, counts);
         todo!("Decoder::decode")
     }

@@ -90,7 +90,8 @@ impl Stats {
     /// Adds a connection's local line counts to the shared counters.
     pub fn add_line_counts(&self, counts: &LineCounts) {
         if counts.valid > 0 {
-            self.lines_received.fetch_add(counts.valid, Ordering::Relaxed);
+            self.lines_received
+                .fetch_add(counts.valid, Ordering::Relaxed);
         }
         for (counter, &n) in self.lines_invalid.iter().zip(counts.invalid.iter()) {
             if n > 0 {
