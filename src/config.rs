@@ -466,8 +466,10 @@ mod tests {
 
     #[test]
     fn validate_names_the_offending_key() {
-        let mut config = Config::default();
-        config.destinations = vec!["10.0.5.20".to_string()];
+        let config = Config {
+            destinations: vec!["10.0.5.20".to_string()],
+            ..Config::default()
+        };
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("destinations"), "{err}");
 
@@ -485,8 +487,10 @@ mod tests {
         let example = include_str!("../config/polymur.toml");
         let config = Config::parse(example).unwrap();
         config.validate().unwrap();
-        let mut expected = Config::default();
-        expected.destinations = vec!["127.0.0.1:2003".to_string()];
+        let expected = Config {
+            destinations: vec!["127.0.0.1:2003".to_string()],
+            ..Config::default()
+        };
         assert_eq!(config, expected);
         // Every key is written out: none is left to its default by omission.
         let table: toml::Table = toml::from_str(example).unwrap();
