@@ -364,9 +364,15 @@ impl Config {
             );
         }
         for (key, duration) in [
-            ("destination.connect_timeout", self.destination.connect_timeout),
+            (
+                "destination.connect_timeout",
+                self.destination.connect_timeout,
+            ),
             ("destination.write_timeout", self.destination.write_timeout),
-            ("destination.retry_interval", self.destination.retry_interval),
+            (
+                "destination.retry_interval",
+                self.destination.retry_interval,
+            ),
         ] {
             if duration.is_zero() {
                 return invalid(key, "must be more than 0s");
@@ -405,6 +411,17 @@ pub fn split_bind_address(address: &str) -> Option<(&str, u16)> {
     Some((host, port))
 }
 
+/// Parses a byte size: a plain byte count or a human size such as `"64MiB"` / `"1 GB"`, as in the config file.
+///
+/// # Errors
+///
+/// A message naming the text when it is not a size.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    text.parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|err| format!("invalid size {text:?}: {err}"))
+}
+
 /// Serde adapter for byte sizes: a plain integer, or a string such as `"64MiB"` / `"1 GB"`.
 mod byte_size {
     use serde::{Deserialize, Deserializer, Serializer};
@@ -422,10 +439,7 @@ mod byte_size {
         }
         match Size::deserialize(deserializer)? {
             Size::Bytes(bytes) => Ok(bytes),
-            Size::Text(text) => text
-                .parse::<bytesize::ByteSize>()
-                .map(|size| size.as_u64())
-                .map_err(|err| serde::de::Error::custom(format!("invalid size {text:?}: {err}"))),
+            Size::Text(text) => super::parse_byte_size(&text).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -469,7 +483,42 @@ mod tests {
         let mut config = Config::default();
         config.line.max_line_bytes = 100 * 1024;
         let err = config.validate().unwrap_err();
-        assert!(err.to_string().contains("listen.read_buffer_bytes"), "{err}");
+        assert!(
+            err.to_string().contains("listen.read_buffer_bytes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_example_file_sets_every_key_to_its_default_except_destinations() {
+        let example = include_str!("../config/polymur.toml");
+        let config = Config::parse(example).unwrap();
+        config.validate().unwrap();
+        let expected = Config {
+            destinations: vec!["127.0.0.1:2003".to_string()],
+            ..Config::default()
+        };
+        assert_eq!(config, expected);
+        // Every key is written out: none is left to its default by omission.
+        let table: toml::Table = toml::from_str(example).unwrap();
+        let defaults = toml::Table::try_from(Config::default()).unwrap();
+        assert_eq!(key_paths(&table), key_paths(&defaults));
+    }
+
+    fn key_paths(table: &toml::Table) -> Vec<String> {
+        let mut paths = Vec::new();
+        for (key, value) in table {
+            match value {
+                toml::Value::Table(inner) => paths.extend(
+                    key_paths(inner)
+                        .into_iter()
+                        .map(|path| format!("{key}.{path}")),
+                ),
+                _ => paths.push(key.clone()),
+            }
+        }
+        paths.sort();
+        paths
     }
 
     #[test]

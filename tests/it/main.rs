@@ -1,7 +1,10 @@
-//! Integration tests on real loopback sockets: the relay runs in process on port 0, destinations are test sinks.
+//! Integration tests on real loopback sockets: the relay runs in process on port 0 (or as the real binary where the
+//! process edge is under test), destinations are test sinks. One binary, one module per area.
 
 // Test support: the relay in process, sinks, `eventually`.
 mod support;
+// The real `polymur` binary's command line: flags, `-t`, exit codes.
+mod cli;
 // Lines in, lines out: fan-out, batching, validation end to end.
 mod pipeline;
 // Destinations failing: stalled, down at start, killed and restarted.

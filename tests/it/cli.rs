@@ -1,0 +1,103 @@
+//! Runs the real `polymur` binary and checks its exit codes and messages for `-t`, usage errors and `--help`.
+
+use std::io::Write as _;
+use std::process::{Command, Output};
+
+/// Runs `polymur` with `args` and returns what it did.
+fn polymur(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_polymur"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run the polymur binary")
+}
+
+fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("create temp file");
+    file.write_all(text.as_bytes()).expect("write temp file");
+    file
+}
+
+/// Checks the exit code and that stdout and stderr contain the given texts.
+fn check(output: &Output, code: i32, stdout_needle: &str, stderr_needle: &str) {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
+    assert!(stdout.contains(stdout_needle), "stdout: {stdout}");
+    assert!(stderr.contains(stderr_needle), "stderr: {stderr}");
+}
+
+#[test]
+fn check_mode_accepts_a_good_config_file() {
+    let file = config_file("destinations = [\"10.0.5.20:2003\"]\n[listen]\nport = 2003\n");
+    let path = file.path().to_str().unwrap();
+    check(&polymur(&["-c", path, "-t"]), 0, "configuration ok", "");
+}
+
+#[test]
+fn check_mode_accepts_the_example_config_file() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/polymur.toml");
+    check(&polymur(&["-t", "-c", path]), 0, "configuration ok", "");
+}
+
+#[test]
+fn check_mode_with_an_unknown_key_exits_78_naming_the_key() {
+    let file = config_file("[listen]\nprot = 2003\n");
+    let path = file.path().to_str().unwrap();
+    check(&polymur(&["-c", path, "-t"]), 78, "", "prot");
+}
+
+#[test]
+fn check_mode_with_an_invalid_value_exits_78_naming_the_key() {
+    let file = config_file("[line]\nmax_line_bytes = 10\n");
+    let path = file.path().to_str().unwrap();
+    check(&polymur(&["-c", path, "-t"]), 78, "", "line.max_line_bytes");
+}
+
+#[test]
+fn check_mode_with_a_bad_flag_value_exits_78() {
+    check(
+        &polymur(&["-t", "-destinations=10.0.5.20"]),
+        78,
+        "",
+        "destinations",
+    );
+}
+
+#[test]
+fn a_missing_config_file_exits_78_naming_the_path() {
+    check(
+        &polymur(&["-t", "-c", "/nonexistent/polymur.toml"]),
+        78,
+        "",
+        "/nonexistent/polymur.toml",
+    );
+}
+
+#[test]
+fn an_unknown_flag_exits_64() {
+    check(&polymur(&["-listen-prot=2003"]), 64, "", "--listen-prot");
+}
+
+#[test]
+fn a_stray_value_after_a_boolean_exits_64() {
+    check(&polymur(&["-t", "-console-out", "true"]), 64, "", "'true'");
+}
+
+#[test]
+fn help_exits_0_and_lists_the_seed_flags() {
+    let output = polymur(&["--help"]);
+    check(&output, 0, "-destinations", "");
+    check(&output, 0, "-listen-port", "");
+    check(&output, 0, "-console-out", "");
+    check(&polymur(&["-help"]), 0, "-destinations", "");
+}
+
+#[test]
+fn version_exits_0() {
+    check(&polymur(&["--version"]), 0, env!("CARGO_PKG_VERSION"), "");
+}
