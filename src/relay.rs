@@ -23,11 +23,11 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::destination::{Destination, Queue};
+use crate::http;
 use crate::line::Rules;
 use crate::listener::{self, ConnectionContext};
 use crate::router::Router;
 use crate::stats::{self, Registry};
-use crate::http;
 
 /// A running relay.
 #[derive(Debug)]
@@ -75,7 +75,9 @@ impl Relay {
         let registry = Arc::new(Registry::new(&config.destinations));
 
         let listener = listener::bind(&config.listen.address, config.listen.port).await?;
-        let listen_address = listener.local_addr().context("cannot read the listener's address")?;
+        let listen_address = listener
+            .local_addr()
+            .context("cannot read the listener's address")?;
         let stats_listener = match crate::config::split_bind_address(&config.stats.address) {
             Some((host, port)) => Some(listener::bind(host, port).await?),
             None => None,
@@ -117,11 +119,18 @@ impl Relay {
         let connections = TaskTracker::new();
         let edge_tasks = TaskTracker::new();
         info!("Metrics listener started: {listen_address}");
-        edge_tasks.spawn(listener::run(listener, context, edges.clone(), connections.clone()));
+        edge_tasks.spawn(listener::run(
+            listener,
+            context,
+            edges.clone(),
+            connections.clone(),
+        ));
 
         let stats_address = match stats_listener {
             Some(stats_listener) => {
-                let address = stats_listener.local_addr().context("cannot read the stats server's address")?;
+                let address = stats_listener
+                    .local_addr()
+                    .context("cannot read the stats server's address")?;
                 let app = http::app(Arc::clone(&registry));
                 let shutdown = edges.clone();
                 edge_tasks.spawn(async move {
@@ -139,7 +148,8 @@ impl Relay {
             config.stats.log_interval,
             edges.clone(),
         ));
-        let prefix = stats::carbon::expand_prefix(&config.stats.metrics_prefix, &stats::carbon::host_name());
+        let prefix =
+            stats::carbon::expand_prefix(&config.stats.metrics_prefix, &stats::carbon::host_name());
         let self_metrics_router = Arc::clone(&router);
         edge_tasks.spawn(stats::carbon::run_self_metrics(
             Arc::clone(&registry),
@@ -216,7 +226,11 @@ impl Relay {
             report.lines_lost += n_lost;
         }
         let received = self.registry.relay.lines_received.load(Ordering::Relaxed);
-        info!(lines_received = received, lines_lost = report.lines_lost, "shutdown complete");
+        info!(
+            lines_received = received,
+            lines_lost = report.lines_lost,
+            "shutdown complete"
+        );
         report
     }
 }

@@ -60,12 +60,17 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_ceiling_with_jitter_in_the_upper_half() {
-        let mut backoff = Backoff::try_new(Duration::from_millis(100), Duration::from_secs(1)).unwrap();
+        let mut backoff =
+            Backoff::try_new(Duration::from_millis(100), Duration::from_secs(1)).unwrap();
         let ceilings = [100, 200, 400, 800, 1000, 1000];
         for ceiling in ceilings {
             let delay = backoff.next_delay();
             let ceiling = Duration::from_millis(ceiling);
-            assert!(delay >= ceiling / 2 && delay <= ceiling, "{delay:?} not in [{:?}, {ceiling:?}]", ceiling / 2);
+            assert!(
+                delay >= ceiling / 2 && delay <= ceiling,
+                "{delay:?} not in [{:?}, {ceiling:?}]",
+                ceiling / 2
+            );
         }
         backoff.reset();
         assert!(backoff.next_delay() <= Duration::from_millis(100));

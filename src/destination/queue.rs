@@ -22,7 +22,7 @@ use crate::config::OverflowPolicy;
 use crate::stats::{DestinationStats, DropReason};
 
 /// Bytes the priority lane (self-metrics) may hold before its oldest batch is dropped.
-const PRIORITY_MAX_BYTES: usize = 1024 * 1024;
+pub const PRIORITY_MAX_BYTES: usize = 1024 * 1024;
 
 /// Most bytes a healthy destination may lag before it makes senders wait (see `router`); a quarter of the queue's
 /// byte bound if that is less. Large enough that destinations of about the same speed never hold each other up
@@ -124,21 +124,28 @@ impl Queue {
                 match self.limits.overflow {
                     OverflowPolicy::DropNewest => {
                         drop(state);
-                        self.stats.add_dropped(DropReason::QueueFull, n_lines as u64);
+                        self.stats
+                            .add_dropped(DropReason::QueueFull, n_lines as u64);
                         return Pushed::Dropped;
                     }
                     OverflowPolicy::Block => return Pushed::Full(batch),
                     OverflowPolicy::DropOldest => {
                         let mut evicted_bytes = 0usize;
                         while !self.fits(&state, n_lines, n_bytes) {
-                            let Some(oldest) = state.batches.pop_front() else { break };
+                            let Some(oldest) = state.batches.pop_front() else {
+                                break;
+                            };
                             evicted_lines += u64::from(oldest.n_lines());
                             evicted_bytes += oldest.len();
                             state.n_lines -= oldest.n_lines() as usize;
                             state.n_bytes -= oldest.len();
                         }
-                        self.stats.queued_lines.fetch_sub(evicted_lines as i64, Ordering::Relaxed);
-                        self.stats.queued_bytes.fetch_sub(evicted_bytes as i64, Ordering::Relaxed);
+                        self.stats
+                            .queued_lines
+                            .fetch_sub(evicted_lines as i64, Ordering::Relaxed);
+                        self.stats
+                            .queued_bytes
+                            .fetch_sub(evicted_bytes as i64, Ordering::Relaxed);
                         if !self.fits(&state, n_lines, n_bytes) {
                             // Everything left is in flight: the new batch is the only one that can go.
                             drop(state);
@@ -153,8 +160,12 @@ impl Queue {
             state.n_bytes += n_bytes;
             state.batches.push_back(batch);
         }
-        self.stats.queued_lines.fetch_add(n_lines as i64, Ordering::Relaxed);
-        self.stats.queued_bytes.fetch_add(n_bytes as i64, Ordering::Relaxed);
+        self.stats
+            .queued_lines
+            .fetch_add(n_lines as i64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_add(n_bytes as i64, Ordering::Relaxed);
         self.data_ready.notify_one();
         if evicted_lines > 0 {
             self.stats.add_dropped(DropReason::QueueFull, evicted_lines);
@@ -181,7 +192,9 @@ impl Queue {
             state.n_bytes += n_bytes;
             state.priority.push_back(batch);
             while state.priority_bytes > PRIORITY_MAX_BYTES && state.priority.len() > 1 {
-                let Some(oldest) = state.priority.pop_front() else { break };
+                let Some(oldest) = state.priority.pop_front() else {
+                    break;
+                };
                 state.priority_bytes -= oldest.len();
                 state.n_lines -= oldest.n_lines() as usize;
                 state.n_bytes -= oldest.len();
@@ -196,7 +209,8 @@ impl Queue {
             .queued_bytes
             .fetch_add(n_bytes as i64 - dropped_bytes as i64, Ordering::Relaxed);
         if dropped_lines > 0 {
-            self.stats.add_dropped(DropReason::QueueFull, dropped_lines as u64);
+            self.stats
+                .add_dropped(DropReason::QueueFull, dropped_lines as u64);
         }
         self.data_ready.notify_one();
     }
@@ -224,7 +238,9 @@ impl Queue {
                         out.push(batch);
                     }
                     while n_bytes < max_bytes {
-                        let Some(batch) = state.batches.pop_front() else { break };
+                        let Some(batch) = state.batches.pop_front() else {
+                            break;
+                        };
                         n_bytes += batch.len();
                         out.push(batch);
                     }
@@ -262,10 +278,18 @@ impl Queue {
             state.n_lines -= n_lines;
             state.n_bytes -= n_bytes;
         }
-        self.stats.queued_lines.fetch_sub(n_lines as i64, Ordering::Relaxed);
-        self.stats.queued_bytes.fetch_sub(n_bytes as i64, Ordering::Relaxed);
-        self.stats.sent_lines.fetch_add(n_lines as u64, Ordering::Relaxed);
-        self.stats.sent_bytes.fetch_add(n_bytes as u64, Ordering::Relaxed);
+        self.stats
+            .queued_lines
+            .fetch_sub(n_lines as i64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_sub(n_bytes as i64, Ordering::Relaxed);
+        self.stats
+            .sent_lines
+            .fetch_add(n_lines as u64, Ordering::Relaxed);
+        self.stats
+            .sent_bytes
+            .fetch_add(n_bytes as u64, Ordering::Relaxed);
         self.mark_progress();
         if self.is_starving() {
             self.pacing.store(true, Ordering::Relaxed);
@@ -293,8 +317,12 @@ impl Queue {
         state.n_bytes = 0;
         state.closed = true;
         drop(state);
-        self.stats.queued_lines.fetch_sub(n_lines as i64, Ordering::Relaxed);
-        self.stats.queued_bytes.fetch_sub(n_bytes as i64, Ordering::Relaxed);
+        self.stats
+            .queued_lines
+            .fetch_sub(n_lines as i64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .fetch_sub(n_bytes as i64, Ordering::Relaxed);
         self.stats.add_dropped(DropReason::Shutdown, n_lines);
         n_lines
     }
@@ -317,7 +345,8 @@ impl Queue {
             return false;
         }
         let now_ms = self.epoch.elapsed().as_millis() as u64;
-        now_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)) < PROGRESS_TIMEOUT.as_millis() as u64
+        now_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
+            < PROGRESS_TIMEOUT.as_millis() as u64
     }
 
     /// True while this destination makes senders wait: it is healthy, lags more than its hold threshold, and is not
@@ -396,7 +425,10 @@ mod tests {
         queue.push(batch("b 1 1\n"));
         assert_eq!(queue.push(batch("c 1 1\n")), Pushed::QueuedEvicting(1));
         assert_eq!(dropped(&queue), 1);
-        assert_eq!(pop_all(&queue).await, vec![batch("b 1 1\n"), batch("c 1 1\n")]);
+        assert_eq!(
+            pop_all(&queue).await,
+            vec![batch("b 1 1\n"), batch("c 1 1\n")]
+        );
     }
 
     #[tokio::test]
@@ -420,7 +452,10 @@ mod tests {
         let mut in_flight = pop_all(&queue).await;
         assert_eq!(queue.push(batch("c 1 1\n")), Pushed::Dropped);
         queue.unpop(&mut in_flight);
-        assert_eq!(pop_all(&queue).await, vec![batch("a 1 1\n"), batch("b 1 1\n")]);
+        assert_eq!(
+            pop_all(&queue).await,
+            vec![batch("a 1 1\n"), batch("b 1 1\n")]
+        );
         assert_eq!(queue.stats().queued_lines.load(Ordering::Relaxed), 2);
     }
 
@@ -444,7 +479,10 @@ mod tests {
         assert!(queue.pop_into(&mut out, usize::MAX).await);
         queue.unpop(&mut out);
         assert_eq!(queue.drop_remaining(), 1);
-        assert_eq!(queue.stats().dropped_lines[DropReason::Shutdown as usize].load(Ordering::Relaxed), 1);
+        assert_eq!(
+            queue.stats().dropped_lines[DropReason::Shutdown as usize].load(Ordering::Relaxed),
+            1
+        );
         assert!(!queue.pop_into(&mut out, usize::MAX).await);
     }
 }

@@ -62,7 +62,10 @@ enum Ended {
 /// Runs the writer until its queue is closed and drained, or `stop` is cancelled.
 pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: CancellationToken) {
     let stats = Arc::clone(queue.stats());
-    let mut backoff = match Backoff::try_new(BACKOFF_BASE.min(settings.retry_interval), settings.retry_interval) {
+    let mut backoff = match Backoff::try_new(
+        BACKOFF_BASE.min(settings.retry_interval),
+        settings.retry_interval,
+    ) {
         Ok(backoff) => backoff,
         Err(err) => unreachable!("retry_interval is validated to be more than zero: {err}"),
     };
@@ -189,7 +192,12 @@ async fn peer_closed(stream: &TcpStream) -> io::Error {
             return err;
         }
         match stream.try_read(&mut scratch) {
-            Ok(0) => return io::Error::new(io::ErrorKind::UnexpectedEof, "destination closed the connection"),
+            Ok(0) => {
+                return io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "destination closed the connection",
+                )
+            }
             Ok(_) => continue,
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
             Err(err) => return err,
@@ -199,21 +207,37 @@ async fn peer_closed(stream: &TcpStream) -> io::Error {
 
 /// Writes every byte of `batches` with vectored writes; each write that makes no progress within `write_timeout`
 /// fails with `TimedOut`. `write_all` semantics: a short write continues where it stopped.
-async fn write_all_batches(stream: &mut TcpStream, batches: &[Batch], write_timeout: Duration) -> io::Result<()> {
+async fn write_all_batches(
+    stream: &mut TcpStream,
+    batches: &[Batch],
+    write_timeout: Duration,
+) -> io::Result<()> {
     let mut slices: Vec<IoSlice<'_>> = Vec::with_capacity(batches.len().min(MAX_IOVECS));
     let mut next_batch = 0;
     let mut offset_in_first = 0;
     while next_batch < batches.len() {
         slices.clear();
         for (index, batch) in batches[next_batch..].iter().take(MAX_IOVECS).enumerate() {
-            let bytes = if index == 0 { &batch.bytes()[offset_in_first..] } else { &batch.bytes()[..] };
+            let bytes = if index == 0 {
+                &batch.bytes()[offset_in_first..]
+            } else {
+                &batch.bytes()[..]
+            };
             slices.push(IoSlice::new(bytes));
         }
         let n_written = tokio::time::timeout(write_timeout, stream.write_vectored(&slices))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "write made no progress within write_timeout"))??;
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "write made no progress within write_timeout",
+                )
+            })??;
         if n_written == 0 {
-            return Err(io::Error::new(io::ErrorKind::WriteZero, "destination accepted no bytes"));
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "destination accepted no bytes",
+            ));
         }
         // Advance over what was written, batch by batch.
         let mut remaining = n_written;

@@ -15,7 +15,6 @@ use std::ops::Range;
 use super::{parse, write_normal, Invalid, LineCounts, Rules};
 use crate::batch::BatchBuilder;
 
-
 /// Splits a connection's byte stream into lines and validates them; one per connection.
 #[derive(Debug)]
 pub struct Decoder {
@@ -298,7 +297,11 @@ mod tests {
         // Regression: the run of valid lines once swallowed the head of the over-long line that followed it.
         let mut input = b"a.b 1 1700000000\n".to_vec();
         input.extend_from_slice(&[b'x'; 200]);
-        let decoded = decode_chunks(&[&input, b"x 1 1700000000\nc.d 2 1700000000\n"], 4096, 1 << 20);
+        let decoded = decode_chunks(
+            &[&input, b"x 1 1700000000\nc.d 2 1700000000\n"],
+            4096,
+            1 << 20,
+        );
         assert_eq!(decoded.output, b"a.b 1 1700000000\nc.d 2 1700000000\n");
         assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
     }

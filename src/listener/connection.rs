@@ -87,9 +87,13 @@ pub async fn handle<R: AsyncRead + Unpin>(
                     break Closed::Shutdown;
                 }
                 let deadline = match partial_since {
-                    Some(since) if !config.partial_line_timeout.is_zero() => Some(since + config.partial_line_timeout),
+                    Some(since) if !config.partial_line_timeout.is_zero() => {
+                        Some(since + config.partial_line_timeout)
+                    }
                     Some(_) => None,
-                    None if !config.idle_timeout.is_zero() => Some(last_line_at + config.idle_timeout),
+                    None if !config.idle_timeout.is_zero() => {
+                        Some(last_line_at + config.idle_timeout)
+                    }
                     None => None,
                 };
                 let timeout = async {
@@ -126,7 +130,9 @@ pub async fn handle<R: AsyncRead + Unpin>(
                 break Closed::ReadError;
             }
         };
-        stats.bytes_received.fetch_add(n_read as u64, Ordering::Relaxed);
+        stats
+            .bytes_received
+            .fetch_add(n_read as u64, Ordering::Relaxed);
         let now = Instant::now();
         if batch.is_empty() {
             batch_started = now;
@@ -176,7 +182,9 @@ pub async fn handle<R: AsyncRead + Unpin>(
 fn publish(counts: &mut LineCounts, context: &ConnectionContext) {
     let stats = &context.registry.relay;
     if counts.valid > 0 {
-        stats.inbound_lines.fetch_add(counts.valid as i64, Ordering::Relaxed);
+        stats
+            .inbound_lines
+            .fetch_add(counts.valid as i64, Ordering::Relaxed);
     }
     stats.add_line_counts(counts);
     *counts = LineCounts::default();
@@ -206,7 +214,11 @@ async fn flush(batch: &mut BatchBuilder, context: &ConnectionContext) {
     if let Some(full) = batch.take() {
         let n_lines = i64::from(full.n_lines());
         context.router.dispatch(full).await;
-        context.registry.relay.inbound_lines.fetch_sub(n_lines, Ordering::Relaxed);
+        context
+            .registry
+            .relay
+            .inbound_lines
+            .fetch_sub(n_lines, Ordering::Relaxed);
     }
 }
 
@@ -244,8 +256,18 @@ mod tests {
             overflow: OverflowPolicy::DropNewest,
         };
         let room = Arc::new(Notify::new());
-        let queue = Arc::new(Queue::new(limits, Arc::clone(&registry.destinations[0]), Arc::clone(&room)));
-        let router = Router::new(vec![Arc::clone(&queue)], room, Arc::clone(&registry), false, CancellationToken::new());
+        let queue = Arc::new(Queue::new(
+            limits,
+            Arc::clone(&registry.destinations[0]),
+            Arc::clone(&room),
+        ));
+        let router = Router::new(
+            vec![Arc::clone(&queue)],
+            room,
+            Arc::clone(&registry),
+            false,
+            CancellationToken::new(),
+        );
         let context = ConnectionContext {
             config,
             rules: Rules::from_config(&LineConfig::default()),
@@ -255,7 +277,10 @@ mod tests {
         (context, queue)
     }
 
-    fn spawn(client: DuplexStream, context: ConnectionContext) -> tokio::task::JoinHandle<(Closed, Instant)> {
+    fn spawn(
+        client: DuplexStream,
+        context: ConnectionContext,
+    ) -> tokio::task::JoinHandle<(Closed, Instant)> {
         tokio::spawn(async move {
             let closed = handle(client, &context, &CancellationToken::new()).await;
             (closed, Instant::now())
@@ -281,7 +306,11 @@ mod tests {
         client.write_all(LINE).await.unwrap();
         settle().await;
         assert_eq!(queued_lines(&queue), 1);
-        assert_eq!(started.elapsed(), Duration::ZERO, "the batch waited for a timer");
+        assert_eq!(
+            started.elapsed(),
+            Duration::ZERO,
+            "the batch waited for a timer"
+        );
         drop(client);
         assert_eq!(connection.await.unwrap().0, Closed::Eof);
     }
@@ -300,7 +329,13 @@ mod tests {
         assert_eq!(closed, Closed::Idle);
         assert_eq!(at - started, Duration::from_secs(300 + 600));
         assert_eq!(queued_lines(&queue), 2);
-        assert_eq!(registry.relay.connections_idle_closed.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            registry
+                .relay
+                .connections_idle_closed
+                .load(Ordering::Relaxed),
+            1
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -310,7 +345,10 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         let started = Instant::now();
         let connection = spawn(server, context);
-        client.write_all(b"a.b 1 1700000000\nslow.loris 1 17").await.unwrap();
+        client
+            .write_all(b"a.b 1 1700000000\nslow.loris 1 17")
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_secs(10)).await;
         // More of the same partial line does not restart its clock.
         client.write_all(b"000").await.unwrap();
@@ -345,7 +383,11 @@ mod tests {
     }
 
     impl AsyncRead for Firehose {
-        fn poll_read(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
             if std::time::Instant::now() < self.until {
                 buf.put_slice(LINE);
             }
@@ -365,7 +407,10 @@ mod tests {
         let firehose = Firehose {
             until: std::time::Instant::now() + Duration::from_millis(300),
         };
-        assert_eq!(handle(firehose, &context, &CancellationToken::new()).await, Closed::Eof);
+        assert_eq!(
+            handle(firehose, &context, &CancellationToken::new()).await,
+            Closed::Eof
+        );
         let mut batches = Vec::new();
         assert!(queue.pop_into(&mut batches, usize::MAX).await);
         // Without the interval the whole stream would be one batch, handed on at EOF.

@@ -38,7 +38,6 @@ const PACE_RECHECK: Duration = Duration::from_millis(20);
 /// a slow destination costs the others, once.
 const PACE_TIMEOUT: Duration = Duration::from_millis(100);
 
-
 /// Hands batches to destination queues; shared by every connection.
 #[derive(Debug)]
 pub struct Router {
@@ -156,7 +155,11 @@ impl Router {
     /// Stops the destinations that hold senders from pacing if another healthy destination is starving meanwhile:
     /// they are much slower than the rest. True if there were any.
     fn stop_pacing_slow_destinations(&self) -> bool {
-        if !self.queues.iter().any(|queue| queue.is_healthy() && queue.is_starving()) {
+        if !self
+            .queues
+            .iter()
+            .any(|queue| queue.is_healthy() && queue.is_starving())
+        {
             return false;
         }
         let mut any_stopped = false;

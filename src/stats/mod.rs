@@ -70,7 +70,12 @@ impl RateLimit {
         now_ms >= next_allowed_ms
             && self
                 .next_allowed_ms
-                .compare_exchange(next_allowed_ms, now_ms + 1000, Ordering::Relaxed, Ordering::Relaxed)
+                .compare_exchange(
+                    next_allowed_ms,
+                    now_ms + 1000,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
                 .is_ok()
     }
 }

@@ -33,16 +33,24 @@ async fn five_thousand_connections_are_served_and_the_cap_rejects_the_next_ones(
         stats.connections_open.load(Ordering::Relaxed) == N_CONNECTIONS as i64
     })
     .await;
-    eventually("every first line arrives", || sink.n_lines() == N_CONNECTIONS).await;
+    eventually("every first line arrives", || {
+        sink.n_lines() == N_CONNECTIONS
+    })
+    .await;
 
     for _ in 0..N_EXTRA {
         let mut extra = TcpStream::connect(relay.address()).await.expect("connect");
         let mut buf = [0u8; 16];
         // The relay accepts and closes at once: EOF (or a reset), not a hang.
-        let read = tokio::time::timeout(support::PATIENCE, extra.read(&mut buf)).await.expect("closed at once");
+        let read = tokio::time::timeout(support::PATIENCE, extra.read(&mut buf))
+            .await
+            .expect("closed at once");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     }
-    assert_eq!(stats.connections_rejected.load(Ordering::Relaxed), N_EXTRA as u64);
+    assert_eq!(
+        stats.connections_rejected.load(Ordering::Relaxed),
+        N_EXTRA as u64
+    );
 
     for (client, stream) in clients.iter_mut().enumerate() {
         stream
@@ -50,10 +58,19 @@ async fn five_thousand_connections_are_served_and_the_cap_rejects_the_next_ones(
             .await
             .expect("write on an open connection");
     }
-    eventually("every second line arrives", || sink.n_lines() == 2 * N_CONNECTIONS).await;
+    eventually("every second line arrives", || {
+        sink.n_lines() == 2 * N_CONNECTIONS
+    })
+    .await;
     drop(clients);
-    eventually("every connection is closed", || stats.connections_open.load(Ordering::Relaxed) == 0).await;
-    assert_eq!(stats.connections_accepted.load(Ordering::Relaxed), N_CONNECTIONS as u64);
+    eventually("every connection is closed", || {
+        stats.connections_open.load(Ordering::Relaxed) == 0
+    })
+    .await;
+    assert_eq!(
+        stats.connections_accepted.load(Ordering::Relaxed),
+        N_CONNECTIONS as u64
+    );
     relay.shutdown().await;
 }
 
@@ -64,11 +81,24 @@ async fn an_idle_connection_is_closed_by_the_relay() {
     config.listen.idle_timeout = Duration::from_millis(200);
     let relay = TestRelay::start(config).await;
     let mut stream = TcpStream::connect(relay.address()).await.expect("connect");
-    stream.write_all(b"a.b 1 1700000000\n").await.expect("write");
+    stream
+        .write_all(b"a.b 1 1700000000\n")
+        .await
+        .expect("write");
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(support::PATIENCE, stream.read(&mut buf)).await.expect("closed by the relay");
+    let read = tokio::time::timeout(support::PATIENCE, stream.read(&mut buf))
+        .await
+        .expect("closed by the relay");
     assert!(matches!(read, Ok(0)), "{read:?}");
-    assert_eq!(relay.handle.registry.relay.connections_idle_closed.load(Ordering::Relaxed), 1);
+    assert_eq!(
+        relay
+            .handle
+            .registry
+            .relay
+            .connections_idle_closed
+            .load(Ordering::Relaxed),
+        1
+    );
     eventually("the line arrives", || sink.n_lines() == 1).await;
     relay.shutdown().await;
 }
@@ -80,9 +110,14 @@ async fn a_slowloris_partial_line_is_dropped_and_its_connection_closed() {
     config.listen.partial_line_timeout = Duration::from_millis(200);
     let relay = TestRelay::start(config).await;
     let mut stream = TcpStream::connect(relay.address()).await.expect("connect");
-    stream.write_all(b"a.b 1 1700000000\nslow").await.expect("write");
+    stream
+        .write_all(b"a.b 1 1700000000\nslow")
+        .await
+        .expect("write");
     let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(support::PATIENCE, stream.read(&mut buf)).await.expect("closed by the relay");
+    let read = tokio::time::timeout(support::PATIENCE, stream.read(&mut buf))
+        .await
+        .expect("closed by the relay");
     assert!(matches!(read, Ok(0)), "{read:?}");
     assert_eq!(relay.invalid("partial_timeout"), 1);
     eventually("the complete line arrives", || sink.n_lines() == 1).await;

@@ -5,11 +5,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::support::{self, distinct_lines, eventually, send, sorted, Sink, StalledSink, TestRelay};
+use crate::support::{
+    self, distinct_lines, eventually, send, sorted, Sink, StalledSink, TestRelay,
+};
 
 /// A free port on 127.0.0.1 with nothing listening on it (yet).
 async fn free_address() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     listener.local_addr().expect("address")
 }
 
@@ -19,7 +23,11 @@ async fn a_stalled_destination_costs_the_others_nothing_and_counts_its_drops_exa
     const QUEUE_MAX_BYTES: u64 = 1024 * 1024;
     let healthy = [Sink::start().await, Sink::start().await];
     let stalled = StalledSink::start().await;
-    let mut config = support::config(&[healthy[0].address(), stalled.address(), healthy[1].address()]);
+    let mut config = support::config(&[
+        healthy[0].address(),
+        stalled.address(),
+        healthy[1].address(),
+    ]);
     config.destination.queue_max_bytes = QUEUE_MAX_BYTES;
     // Longer than the test: the stalled connection stays, so its queue fills and stays full.
     config.destination.write_timeout = Duration::from_secs(600);
@@ -28,7 +36,10 @@ async fn a_stalled_destination_costs_the_others_nothing_and_counts_its_drops_exa
 
     let input = distinct_lines(0, N_LINES);
     send(relay.address(), &input).await;
-    eventually("healthy sinks have every line", || healthy.iter().all(|sink| sink.n_lines() >= N_LINES)).await;
+    eventually("healthy sinks have every line", || {
+        healthy.iter().all(|sink| sink.n_lines() >= N_LINES)
+    })
+    .await;
     for sink in &healthy {
         assert_eq!(sink.sorted_lines(), sorted(&input));
     }
@@ -40,8 +51,14 @@ async fn a_stalled_destination_costs_the_others_nothing_and_counts_its_drops_exa
             + destination.dropped_total()
             + destination.queued_lines.load(Ordering::Relaxed) as u64
     };
-    eventually("every line is sent, dropped or queued", || accounted() == N_LINES as u64).await;
-    assert!(destination.dropped_total() > 0, "the stalled queue never overflowed");
+    eventually("every line is sent, dropped or queued", || {
+        accounted() == N_LINES as u64
+    })
+    .await;
+    assert!(
+        destination.dropped_total() > 0,
+        "the stalled queue never overflowed"
+    );
     assert!(destination.queued_bytes.load(Ordering::Relaxed) as u64 <= QUEUE_MAX_BYTES);
     for index in [0, 2] {
         assert_eq!(relay.destination(index).dropped_total(), 0);
@@ -51,7 +68,10 @@ async fn a_stalled_destination_costs_the_others_nothing_and_counts_its_drops_exa
     let queued = destination.queued_lines.load(Ordering::Relaxed) as usize;
     relay.shutdown().await;
     let n_read = stalled.drain_lines().await;
-    assert!(n_read >= sent && n_read <= sent + queued, "read {n_read}, sent {sent}, queued {queued}");
+    assert!(
+        n_read >= sent && n_read <= sent + queued,
+        "read {n_read}, sent {sent}, queued {queued}"
+    );
 }
 
 #[tokio::test]
@@ -61,7 +81,10 @@ async fn a_destination_down_at_start_gets_everything_queued_meanwhile() {
     let input = distinct_lines(1, 5_000);
     send(relay.address(), &input).await;
     let destination = relay.destination(0);
-    eventually("lines queued while down", || destination.queued_lines.load(Ordering::Relaxed) == 5_000).await;
+    eventually("lines queued while down", || {
+        destination.queued_lines.load(Ordering::Relaxed) == 5_000
+    })
+    .await;
     assert!(destination.connect_failures.load(Ordering::Relaxed) > 0);
 
     let sink = Sink::start_on(address).await;
@@ -84,10 +107,16 @@ async fn a_destination_killed_and_restarted_gets_the_lines_from_before_and_after
     first.kill().await;
 
     let destination = relay.destination(0);
-    eventually("the relay notices the lost connection", || !destination.connected.load(Ordering::Relaxed)).await;
+    eventually("the relay notices the lost connection", || {
+        !destination.connected.load(Ordering::Relaxed)
+    })
+    .await;
     let after = distinct_lines(2, 3_000);
     send(relay.address(), &after).await;
-    eventually("lines after the kill are queued", || destination.queued_lines.load(Ordering::Relaxed) == 3_000).await;
+    eventually("lines after the kill are queued", || {
+        destination.queued_lines.load(Ordering::Relaxed) == 3_000
+    })
+    .await;
 
     let second = Sink::start_on(address).await;
     eventually("lines after the kill arrive", || second.n_lines() >= 3_000).await;
@@ -109,7 +138,8 @@ async fn a_destination_that_never_reads_is_reconnected_after_the_write_timeout()
     send(relay.address(), &distinct_lines(3, 200_000)).await;
     let destination = relay.destination(0);
     eventually("a write timed out and the writer reconnected", || {
-        destination.write_timeouts.load(Ordering::Relaxed) >= 1 && destination.connects.load(Ordering::Relaxed) >= 2
+        destination.write_timeouts.load(Ordering::Relaxed) >= 1
+            && destination.connects.load(Ordering::Relaxed) >= 2
     })
     .await;
     assert!(destination.disconnects.load(Ordering::Relaxed) >= 1);

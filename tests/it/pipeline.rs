@@ -9,7 +9,11 @@ use crate::support::{self, distinct_lines, eventually, send, sorted, Sink, TestR
 async fn two_hundred_clients_reach_three_destinations_as_the_exact_multiset() {
     const N_CLIENTS: usize = 200;
     const N_LINES: usize = 10_000;
-    let sinks = [Sink::start().await, Sink::start().await, Sink::start().await];
+    let sinks = [
+        Sink::start().await,
+        Sink::start().await,
+        Sink::start().await,
+    ];
     let addresses: Vec<_> = sinks.iter().map(Sink::address).collect();
     let mut config = support::config(&addresses);
     // The in-process sinks share two cores with 200 clients and the relay, so at times one reads far slower than the
@@ -22,7 +26,9 @@ async fn two_hundred_clients_reach_three_destinations_as_the_exact_multiset() {
     let mut clients = Vec::new();
     for client in 0..N_CLIENTS {
         let address = relay.address();
-        clients.push(tokio::spawn(async move { send(address, &distinct_lines(client, N_LINES)).await }));
+        clients.push(tokio::spawn(async move {
+            send(address, &distinct_lines(client, N_LINES)).await
+        }));
     }
     for client in clients {
         client.await.expect("client task");
@@ -55,7 +61,12 @@ async fn two_hundred_clients_reach_three_destinations_as_the_exact_multiset() {
     }
     expected.sort_unstable();
     for sink in &sinks {
-        assert_eq!(sink.sorted_lines(), expected, "sink {} got a different multiset", sink.address());
+        assert_eq!(
+            sink.sorted_lines(),
+            expected,
+            "sink {} got a different multiset",
+            sink.address()
+        );
     }
     assert_eq!(relay.lines_received(), total as u64);
     for index in 0..3 {
@@ -87,23 +98,58 @@ async fn every_validation_rule_rejects_or_normalises_and_keeps_the_lines_around_
         ("a.b 1 17e8".into(), None, "ts"),
         ("a\0b 1 1700000000".into(), None, "nul"),
         ("...  1 1700000000".into(), None, "path"),
-        (format!("{} 1 1700000000", "p".repeat(1025)), None, "path_len"),
-        ("a.b -Inf 1700000000".into(), Some("a.b -Inf 1700000000".into()), "inf"),
-        ("a.b 1 1700000000000".into(), Some("a.b 1 1700000000000".into()), "ts_far"),
+        (
+            format!("{} 1 1700000000", "p".repeat(1025)),
+            None,
+            "path_len",
+        ),
+        (
+            "a.b -Inf 1700000000".into(),
+            Some("a.b -Inf 1700000000".into()),
+            "inf",
+        ),
+        (
+            "a.b 1 1700000000000".into(),
+            Some("a.b 1 1700000000000".into()),
+            "ts_far",
+        ),
         ("a.b 2 -1".into(), Some("a.b 2 -1".into()), ""),
-        ("a..b.  3  1700000000\r".into(), Some("a.b 3 1700000000".into()), "sanitized"),
+        (
+            "a..b.  3  1700000000\r".into(),
+            Some("a.b 3 1700000000".into()),
+            "sanitized",
+        ),
         ("\ta b\t4\t1700000000 ".into(), None, "fields"),
-        ("\ta.b\t4\t 1700000000 ".into(), Some("a.b 4 1700000000".into()), ""),
-        ("a/b@c 5 1700000000".into(), Some("a_b_c 5 1700000000".into()), "sanitized"),
-        ("a.b;tag=v@1 6 1700000000".into(), Some("a.b;tag=v@1 6 1700000000".into()), ""),
-        ("a.b 1.5e3 1700000000.25".into(), Some("a.b 1.5e3 1700000000.25".into()), ""),
+        (
+            "\ta.b\t4\t 1700000000 ".into(),
+            Some("a.b 4 1700000000".into()),
+            "",
+        ),
+        (
+            "a/b@c 5 1700000000".into(),
+            Some("a_b_c 5 1700000000".into()),
+            "sanitized",
+        ),
+        (
+            "a.b;tag=v@1 6 1700000000".into(),
+            Some("a.b;tag=v@1 6 1700000000".into()),
+            "",
+        ),
+        (
+            "a.b 1.5e3 1700000000.25".into(),
+            Some("a.b 1.5e3 1700000000.25".into()),
+            "",
+        ),
     ];
     // Timestamps near now, so that only the millisecond one is far.
     let now_text = now.to_string();
     let cases: Vec<(String, Option<String>)> = cases
         .into_iter()
         .map(|(line, arrives, _)| {
-            (line.replace("1700000000", &now_text), arrives.map(|arrives| arrives.replace("1700000000", &now_text)))
+            (
+                line.replace("1700000000", &now_text),
+                arrives.map(|arrives| arrives.replace("1700000000", &now_text)),
+            )
         })
         .collect();
     let mut input = Vec::new();
@@ -162,8 +208,14 @@ async fn a_line_longer_than_the_limit_is_skipped_and_the_connection_keeps_workin
     input.extend(std::iter::repeat_n(b'x', 5 * 1024 * 1024));
     input.extend_from_slice(b" 1 1700000000\nafter.long 2 1700000000\n");
     send(relay.address(), &input).await;
-    eventually("the line after the long one arrives", || sink.n_lines() == 2).await;
-    assert_eq!(sink.lines(), ["before.long 1 1700000000", "after.long 2 1700000000"]);
+    eventually("the line after the long one arrives", || {
+        sink.n_lines() == 2
+    })
+    .await;
+    assert_eq!(
+        sink.lines(),
+        ["before.long 1 1700000000", "after.long 2 1700000000"]
+    );
     assert_eq!(relay.invalid("line_len"), 1);
     relay.shutdown().await;
 }
@@ -171,9 +223,16 @@ async fn a_line_longer_than_the_limit_is_skipped_and_the_connection_keeps_workin
 #[tokio::test]
 async fn without_destinations_every_valid_line_is_counted_as_dropped() {
     let relay = TestRelay::start(support::config(&[])).await;
-    send(relay.address(), b"a.b 1 1700000000\nc.d 2 1700000000\nbad\n").await;
+    send(
+        relay.address(),
+        b"a.b 1 1700000000\nc.d 2 1700000000\nbad\n",
+    )
+    .await;
     let stats = &relay.handle.registry.relay;
-    eventually("lines counted", || stats.lines_dropped_no_destination.load(Ordering::Relaxed) == 2).await;
+    eventually("lines counted", || {
+        stats.lines_dropped_no_destination.load(Ordering::Relaxed) == 2
+    })
+    .await;
     assert_eq!(relay.lines_received(), 2);
     assert_eq!(relay.invalid("fields"), 1);
     relay.shutdown().await;
@@ -197,12 +256,15 @@ async fn self_metrics_get_out_while_user_traffic_fills_the_queue() {
             send(address, &distinct_lines(round, 20_000)).await;
         }
     });
-    eventually("user lines are dropped for the slow destination's full queue", || {
-        slow_destination.dropped_total() > 0
-    })
+    eventually(
+        "user lines are dropped for the slow destination's full queue",
+        || slow_destination.dropped_total() > 0,
+    )
     .await;
     eventually("self-metrics reach the slow destination", || {
-        slow.lines().iter().any(|line| line.starts_with("carbon.relays.test.metricsReceived "))
+        slow.lines()
+            .iter()
+            .any(|line| line.starts_with("carbon.relays.test.metricsReceived "))
     })
     .await;
     flood.await.expect("flood");

@@ -54,7 +54,11 @@ impl TestRelay {
 
     /// A process-wide counter.
     pub fn lines_received(&self) -> u64 {
-        self.handle.registry.relay.lines_received.load(Ordering::Relaxed)
+        self.handle
+            .registry
+            .relay
+            .lines_received
+            .load(Ordering::Relaxed)
     }
 
     /// A reason counter by its stats name.
@@ -113,7 +117,9 @@ impl Sink {
     fn start_reading(address: SocketAddr, read_bytes: usize, pause: Duration) -> Sink {
         let listener = std::net::TcpListener::bind(address).expect("sink binds");
         let address = listener.local_addr().expect("sink address");
-        listener.set_nonblocking(true).expect("nonblocking listener");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let received = Arc::new(Mutex::new(Vec::new()));
         let n_lines = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -134,10 +140,14 @@ impl Sink {
                         Err(_) => break,
                     };
                     stream.set_nonblocking(false).expect("blocking stream");
-                    streams.lock().push(stream.try_clone().expect("clone stream"));
+                    streams
+                        .lock()
+                        .push(stream.try_clone().expect("clone stream"));
                     let received = Arc::clone(&received);
                     let n_lines = Arc::clone(&n_lines);
-                    std::thread::spawn(move || read_lines(stream, read_bytes, pause, &received, &n_lines));
+                    std::thread::spawn(move || {
+                        read_lines(stream, read_bytes, pause, &received, &n_lines)
+                    });
                 }
             }
         });
@@ -241,7 +251,9 @@ impl StalledSink {
     pub async fn start() -> StalledSink {
         let socket = tokio::net::TcpSocket::new_v4().expect("socket");
         socket.set_recv_buffer_size(4096).expect("rcvbuf");
-        socket.bind("127.0.0.1:0".parse().expect("address")).expect("bind");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
         let listener = socket.listen(16).expect("listen");
         let address = listener.local_addr().expect("address");
         let accepted: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
@@ -274,8 +286,11 @@ impl StalledSink {
         for mut stream in streams {
             let mut buf = vec![0u8; 64 * 1024];
             loop {
-                match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
-                    Ok(Ok(n)) if n > 0 => n_lines += buf[..n].iter().filter(|&&b| b == b'\n').count(),
+                match tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await
+                {
+                    Ok(Ok(n)) if n > 0 => {
+                        n_lines += buf[..n].iter().filter(|&&b| b == b'\n').count()
+                    }
                     _ => break,
                 }
             }
@@ -288,7 +303,10 @@ impl StalledSink {
 pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + PATIENCE;
     while !condition() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
@@ -304,14 +322,19 @@ pub async fn send(address: SocketAddr, bytes: &[u8]) {
 pub fn distinct_lines(client: usize, n: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(n * 48);
     for i in 0..n {
-        out.extend_from_slice(format!("test.client{client}.metric{i} {i}.5 1700000000\n").as_bytes());
+        out.extend_from_slice(
+            format!("test.client{client}.metric{i} {i}.5 1700000000\n").as_bytes(),
+        );
     }
     out
 }
 
 /// The lines of `bytes`, sorted.
 pub fn sorted(bytes: &[u8]) -> Vec<String> {
-    let mut lines: Vec<String> = String::from_utf8_lossy(bytes).lines().map(ToString::to_string).collect();
+    let mut lines: Vec<String> = String::from_utf8_lossy(bytes)
+        .lines()
+        .map(ToString::to_string)
+        .collect();
     lines.sort_unstable();
     lines
 }
