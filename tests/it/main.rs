@@ -5,6 +5,8 @@
 mod support;
 // The real `polymur` binary's command line: flags, `-t`, exit codes.
 mod cli;
+// The real binary: signals, exit codes, memory under hostile input, the seed's log lines.
+mod process;
 // Lines in, lines out: fan-out, batching, validation end to end.
 mod pipeline;
 // Destinations failing: stalled, down at start, killed and restarted.

@@ -1,5 +1,7 @@
 //! Test support: the relay started in process on port 0, counting destinations, and waiting helpers.
 
+pub mod process;
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

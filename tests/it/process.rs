@@ -1,0 +1,147 @@
+//! The real binary end to end: signals and exit codes, memory under hostile input, the seed's log lines.
+
+use std::io::Write;
+use std::time::Duration;
+
+use crate::support::process::RelayProcess;
+use crate::support::{distinct_lines, eventually, send, sorted, Sink};
+
+#[tokio::test]
+async fn sigterm_with_a_backlog_delivers_everything_and_exits_0() {
+    // About 6 MB/s: the queue still holds most of the lines when SIGTERM arrives.
+    let sink = Sink::start_slow(64 * 1024, Duration::from_millis(10)).await;
+    let destination = sink.address().to_string();
+    let mut relay = RelayProcess::start(&["-destinations", &destination]);
+    let input = distinct_lines(7, 200_000);
+    send(relay.listen_address, &input).await;
+    eventually("the destination is receiving", || sink.n_lines() > 0).await;
+    let delivered_before_signal = sink.n_lines();
+    relay.signal("TERM");
+    assert!(
+        delivered_before_signal < 200_000,
+        "no backlog left to drain"
+    );
+    let status = relay.wait();
+    assert_eq!(status.code(), Some(0), "{}", relay.stderr().join("\n"));
+    eventually("every line arrives", || sink.n_lines() >= 200_000).await;
+    assert_eq!(sink.sorted_lines(), sorted(&input));
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once_with_1() {
+    // A destination that never comes up keeps the queue from draining, so the first SIGTERM waits.
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = down.local_addr().expect("address").to_string();
+    drop(down);
+    let mut relay = RelayProcess::start(&["-destinations", &address, "-shutdown-timeout", "60s"]);
+    send(relay.listen_address, b"a.b 1 1700000000\n").await;
+    relay.signal("TERM");
+    relay.wait_for_log("shutting down");
+    relay.signal("INT");
+    assert_eq!(relay.wait().code(), Some(1));
+}
+
+#[tokio::test]
+async fn sighup_is_logged_and_the_relay_keeps_running() {
+    let sink = Sink::start().await;
+    let destination = sink.address().to_string();
+    let mut relay = RelayProcess::start(&["-destinations", &destination]);
+    relay.signal("HUP");
+    relay.wait_for_log("SIGHUP");
+    send(relay.listen_address, b"after.hup 1 1700000000\n").await;
+    eventually("a line relayed after SIGHUP", || sink.n_lines() == 1).await;
+    relay.signal("TERM");
+    assert_eq!(relay.wait().code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_100_mb_line_without_lf_keeps_memory_bounded() {
+    let sink = Sink::start().await;
+    let destination = sink.address().to_string();
+    let relay = RelayProcess::start(&["-destinations", &destination]);
+    let mut stream = std::net::TcpStream::connect(relay.listen_address).expect("connect");
+    let chunk = vec![b'x'; 1024 * 1024];
+    for _ in 0..100 {
+        stream.write_all(&chunk).expect("write");
+    }
+    stream
+        .write_all(b" 1 1700000000\nafter.huge 1 1700000000\n")
+        .expect("write");
+    eventually("the line after the huge one arrives", || {
+        sink.n_lines() == 1
+    })
+    .await;
+    assert_eq!(sink.lines(), ["after.huge 1 1700000000"]);
+    let peak_rss = relay.peak_rss_bytes();
+    eprintln!("peak RSS after a 100 MB line: {peak_rss} bytes");
+    assert!(peak_rss < 40 * 1024 * 1024, "peak RSS {peak_rss} bytes");
+}
+
+#[tokio::test]
+async fn console_out_prints_every_relayed_line() {
+    let relay = RelayProcess::start(&["-console-out"]);
+    send(
+        relay.listen_address,
+        b"shown.one 1 1700000000\nbad line\nshown.two 2 1700000000\n",
+    )
+    .await;
+    eventually("lines on stdout", || relay.stdout().len() == 2).await;
+    assert_eq!(
+        relay.stdout(),
+        ["shown.one 1 1700000000", "shown.two 2 1700000000"]
+    );
+}
+
+#[tokio::test]
+async fn the_seed_log_lines_keep_their_wording() {
+    let sink = Sink::start().await;
+    let mut config = tempfile::NamedTempFile::new().expect("temp file");
+    config
+        .write_all(b"[stats]\nlog_interval = \"1s\"\n")
+        .expect("write config");
+    let destination = sink.address().to_string();
+    let config_path = config.path().to_str().expect("utf-8 path").to_string();
+    let mut relay = RelayProcess::start(&[
+        "-c",
+        &config_path,
+        "-destinations",
+        &destination,
+        "-stats-addr",
+        "127.0.0.1:0",
+    ]);
+    relay.wait_for_log(&format!("Connected to destination: {destination}"));
+    relay.wait_for_log("Runstats started: 127.0.0.1:");
+    send(
+        relay.listen_address,
+        b"a.b 1 1700000000\nc.d 2 1700000000\n",
+    )
+    .await;
+    eventually("lines arrive", || sink.n_lines() == 2).await;
+    let line = relay.wait_for_log("Received 2 datapoints");
+    assert!(
+        line.contains("Last 1s: Received 2 datapoints | Avg: 2.00/sec. | Inbound queue length: 0"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_listen_address_in_use_exits_1_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("address").port().to_string();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_polymur"))
+        .args([
+            "-listen-addr",
+            "127.0.0.1",
+            "-listen-port",
+            &port,
+            "-stats-addr",
+            "",
+        ])
+        .output()
+        .expect("run polymur");
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "{stderr}");
+}
