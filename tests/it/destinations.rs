@@ -149,15 +149,19 @@ async fn a_destination_that_never_reads_is_reconnected_after_the_write_timeout()
 #[tokio::test]
 async fn the_block_policy_slows_everyone_to_the_slowest_destination_and_loses_nothing() {
     let fast = Sink::start().await;
-    // About 800 KB/s, and a queue of 64 KiB: with `drop_newest` it would stop pacing and drop most lines.
-    let slow = Sink::start_slow(4096, Duration::from_millis(5)).await;
+    // About 2 MB/s, and a queue of 64 KiB: with `drop_newest` it would stop pacing and drop lines once the socket
+    // buffers on the way (a few MB) are full.
+    let slow = Sink::start_slow(16 * 1024, Duration::from_millis(8)).await;
     let mut config = support::config(&[fast.address(), slow.address()]);
     config.destination.overflow = polymur::config::OverflowPolicy::Block;
     config.destination.queue_max_bytes = 64 * 1024;
     let relay = TestRelay::start(config).await;
-    let input = distinct_lines(4, 20_000);
+    let input = distinct_lines(4, 150_000);
     send(relay.address(), &input).await;
-    eventually("the slow destination gets every line", || slow.n_lines() >= 20_000).await;
+    eventually("the slow destination gets every line", || {
+        slow.n_lines() >= 150_000
+    })
+    .await;
     assert_eq!(slow.sorted_lines(), sorted(&input));
     assert_eq!(fast.sorted_lines(), sorted(&input));
     assert_eq!(relay.destination(0).dropped_total(), 0);
