@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Headline whole-process figures: polymur against the harness ceiling and against carbon-c-relay tuned, measured in
+# one run, interleaved (A B A B ...), 5 rounds each, as DECISIONS.md asks.
+#
+#   benches/relay/headline.sh [OUT.jsonl] [ROUNDS]
+#
+# Needs python3, carbon-c-relay, and ../shared/relaybench beside the repository. Takes about 10 minutes.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+out=${1:-$root/target/relaybench-$(date +%Y%m%d-%H%M%S).jsonl}
+rounds=${2:-5}
+bench=$root/../shared/relaybench
+
+cargo build --release --quiet
+# A copy, so that a rebuild during the run cannot change the binary under test.
+binary=$(mktemp -d)/polymur
+cp target/release/polymur "$binary"
+
+polymur="cmd:$binary -listen-addr 127.0.0.1 -listen-port {listen_port} -destinations {dest_addrs} -stats-addr 127.0.0.1:0"
+ccr="ccr:-w 2 -b 10000 -q 20000000"
+
+compare() {
+  local label=$1
+  shift
+  echo "### $label $*" >&2
+  python3 "$bench/relaybench.py" compare --a-label "$label/$2" --b-label "$label/polymur" "$@" \
+    --reps "$rounds" --out "$out" --run-timeout 240 | sed -n '/== summary/,$p'
+}
+
+cd "$bench"
+for topology in "fwd1 --dests 1 --lines 10000000" "fanout3 --dests 3 --lines 5000000"; do
+  read -r name dests_flag dests lines_flag lines <<<"$topology"
+  compare "$name" --a direct --b "$polymur" "$dests_flag" "$dests" "$lines_flag" "$lines"
+  compare "$name" --a "$ccr" --b "$polymur" "$dests_flag" "$dests" "$lines_flag" "$lines"
+done
+echo "results: $out" >&2
