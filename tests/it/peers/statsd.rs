@@ -120,6 +120,9 @@ async fn statsd_flushes_the_values_it_computed_through_polymur() {
         ("stats.timers.test.timer.sum", "400"),
         ("stats.timers.test.timer.mean", "200"),
         ("stats.timers.test.timer.median", "200"),
+        ("stats.timers.test.timer.std", "100"),
+        ("stats.timers.test.timer.upper_90", "300"),
+        ("stats.timers.test.timer.mean_90", "200"),
     ] {
         assert_eq!(
             check_one_nonzero(&lines, path, value),
