@@ -13,3 +13,6 @@ mod pipeline;
 mod destinations;
 // Many connections: thousands at once, the cap, idle and slowloris connections.
 mod connections;
+// The real Graphite peers (collectd, statsd, carbon-cache, carbon-c-relay) end to end; `--features peers`.
+#[cfg(feature = "peers")]
+mod peers;

@@ -95,6 +95,7 @@ pub struct Sink {
     address: SocketAddr,
     received: Arc<Mutex<Vec<u8>>>,
     n_lines: Arc<AtomicUsize>,
+    n_closed: Arc<AtomicUsize>,
     stop: Arc<AtomicBool>,
     streams: Arc<Mutex<Vec<std::net::TcpStream>>>,
     acceptor: Option<std::thread::JoinHandle<()>>,
@@ -124,11 +125,13 @@ impl Sink {
             .expect("nonblocking listener");
         let received = Arc::new(Mutex::new(Vec::new()));
         let n_lines = Arc::new(AtomicUsize::new(0));
+        let n_closed = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
         let acceptor = std::thread::spawn({
             let received = Arc::clone(&received);
             let n_lines = Arc::clone(&n_lines);
+            let n_closed = Arc::clone(&n_closed);
             let stop = Arc::clone(&stop);
             let streams = Arc::clone(&streams);
             move || {
@@ -147,8 +150,10 @@ impl Sink {
                         .push(stream.try_clone().expect("clone stream"));
                     let received = Arc::clone(&received);
                     let n_lines = Arc::clone(&n_lines);
+                    let n_closed = Arc::clone(&n_closed);
                     std::thread::spawn(move || {
-                        read_lines(stream, read_bytes, pause, &received, &n_lines)
+                        read_lines(stream, read_bytes, pause, &received, &n_lines);
+                        n_closed.fetch_add(1, Ordering::SeqCst);
                     });
                 }
             }
@@ -157,6 +162,7 @@ impl Sink {
             address,
             received,
             n_lines,
+            n_closed,
             stop,
             streams,
             acceptor: Some(acceptor),
@@ -171,6 +177,18 @@ impl Sink {
     /// Lines read so far.
     pub fn n_lines(&self) -> usize {
         self.n_lines.load(Ordering::SeqCst)
+    }
+
+    /// Connections the sink has read to their end (EOF or error).
+    #[cfg_attr(not(feature = "peers"), allow(dead_code))] // Only the peer tests use it.
+    pub fn n_connections_closed(&self) -> usize {
+        self.n_closed.load(Ordering::SeqCst)
+    }
+
+    /// Every byte of every whole line read so far, exactly as received (`lines` strips a CR before the LF).
+    #[cfg_attr(not(feature = "peers"), allow(dead_code))] // Only the peer tests use it.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.received.lock().clone()
     }
 
     /// Every line read so far, without LF, in arrival order.
