@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::batch::Batch;
 use crate::config::OverflowPolicy;
@@ -66,6 +67,8 @@ pub struct Queue {
     stats: Arc<DestinationStats>,
     /// Woken when batches arrive or the queue closes; the writer waits on it.
     data_ready: Notify,
+    /// Cancelled when the queue closes, so a writer that is not waiting for data (connecting, backing off) sees it.
+    closed: CancellationToken,
     /// Shared by every queue and the router: woken when a writer frees room, for paced and `block` senders.
     room: Arc<Notify>,
     /// When the writer last made progress (wrote, or had nothing to write), in ms since `epoch`.
@@ -97,6 +100,7 @@ impl Queue {
             limits,
             stats,
             data_ready: Notify::new(),
+            closed: CancellationToken::new(),
             room,
             last_progress_ms: AtomicU64::new(0),
             pacing: AtomicBool::new(true),
@@ -300,8 +304,20 @@ impl Queue {
     /// Closes the queue to producers; the writer drains what is left and then sees the end.
     pub fn close(&self) {
         self.state.lock().closed = true;
+        self.closed.cancel();
         self.data_ready.notify_one();
         self.room.notify_waiters();
+    }
+
+    /// Resolves when the queue has been closed.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
+    }
+
+    /// True once the queue is closed and every admitted line was written: the writer has nothing left to do.
+    pub fn is_drained(&self) -> bool {
+        let state = self.state.lock();
+        state.closed && state.n_lines == 0
     }
 
     /// Empties the queue at the end of shutdown, counting what is left as dropped for [`DropReason::Shutdown`].

@@ -72,9 +72,13 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
     let mut batches = Vec::new();
     let mut was_connected = false;
     loop {
+        if queue.is_drained() {
+            return;
+        }
         let connected = tokio::select! {
             biased;
             () = stop.cancelled() => return,
+            () = wait_drained(&queue) => return,
             connected = connect(&settings) => connected,
         };
         let stream = match connected {
@@ -90,6 +94,7 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => return,
+                    () = wait_drained(&queue) => return,
                     () = tokio::time::sleep(delay) => continue,
                 }
             }
@@ -115,6 +120,15 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
                 }
             }
         }
+    }
+}
+
+/// Resolves when the queue is closed with nothing left in it (shutdown while the destination is unreachable, but
+/// there is nothing to deliver); never resolves while lines wait.
+async fn wait_drained(queue: &Queue) {
+    queue.closed().await;
+    if !queue.is_drained() {
+        std::future::pending::<()>().await;
     }
 }
 

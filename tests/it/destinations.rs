@@ -168,3 +168,57 @@ async fn the_block_policy_slows_everyone_to_the_slowest_destination_and_loses_no
     assert_eq!(relay.destination(1).dropped_total(), 0);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_black_holed_destination_fails_its_connect_after_the_connect_timeout() {
+    // A listener that never accepts, with its backlog filled: later connects stay in SYN-SENT.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("address"))
+        .expect("bind");
+    let listener = socket.listen(1).expect("listen");
+    let address = listener.local_addr().expect("address");
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        fillers.push(
+            tokio::net::TcpStream::connect(address)
+                .await
+                .expect("fill the backlog"),
+        );
+    }
+    let mut config = support::config(&[address]);
+    config.destination.connect_timeout = Duration::from_millis(200);
+    let relay = TestRelay::start(config).await;
+    let destination = relay.destination(0);
+    eventually("connects time out", || {
+        destination.connect_failures.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert_eq!(destination.connects.load(Ordering::Relaxed), 0);
+    relay.shutdown().await;
+    drop(listener);
+}
+
+#[tokio::test]
+async fn shutdown_counts_what_a_down_destination_never_took() {
+    let address = free_address().await;
+    let sink = Sink::start().await;
+    let mut config = support::config(&[address, sink.address()]);
+    config.shutdown_timeout = Duration::from_millis(500);
+    let relay = TestRelay::start(config).await;
+    send(relay.address(), &distinct_lines(5, 100)).await;
+    eventually("the live destination has every line", || {
+        sink.n_lines() == 100
+    })
+    .await;
+    let registry = std::sync::Arc::clone(&relay.handle.registry);
+    let report = relay.shutdown().await;
+    assert_eq!(report.lines_lost, 100);
+    let down = &registry.destinations[0];
+    assert_eq!(
+        down.dropped_lines[polymur::stats::DropReason::Shutdown as usize].load(Ordering::Relaxed),
+        100
+    );
+    assert_eq!(down.queued_lines.load(Ordering::Relaxed), 0);
+    assert_eq!(registry.destinations[1].dropped_total(), 0);
+}

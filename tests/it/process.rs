@@ -12,7 +12,8 @@ async fn sigterm_with_a_backlog_delivers_everything_and_exits_0() {
     let sink = Sink::start_slow(64 * 1024, Duration::from_millis(10)).await;
     let destination = sink.address().to_string();
     // A generous timeout: this checks that shutdown drains, not how fast a debug build does it on a busy machine.
-    let mut relay = RelayProcess::start(&["-destinations", &destination, "-shutdown-timeout", "120s"]);
+    let mut relay =
+        RelayProcess::start(&["-destinations", &destination, "-shutdown-timeout", "120s"]);
     let input = distinct_lines(7, 200_000);
     send(relay.listen_address, &input).await;
     eventually("the destination is receiving", || sink.n_lines() > 0).await;
