@@ -126,8 +126,9 @@ pub enum PathPolicy {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct DestinationConfig {
-    /// Lines a destination's queue may hold (the seed's `-queue-cap`). Default 1,000,000 (about 60 MB of typical
-    /// lines, a few seconds of a busy relay's traffic); `queue_max_bytes` usually binds first.
+    /// Lines a destination's queue may hold (the seed's `-queue-cap`). Default 4,000,000: high enough that
+    /// `queue_max_bytes` binds first for any line longer than 16 bytes, so memory is what the bound is about. Lower it
+    /// to bound a queue in lines as the seed did (its 4096 is about a millisecond of traffic at our rates).
     pub queue_capacity_lines: usize,
     /// Bytes a destination's queue may hold. Default 64 MiB; the worst case for N dead destinations is N times this.
     #[serde(with = "byte_size")]
@@ -244,7 +245,7 @@ impl Default for LineConfig {
 impl Default for DestinationConfig {
     fn default() -> Self {
         DestinationConfig {
-            queue_capacity_lines: 1_000_000,
+            queue_capacity_lines: 4_000_000,
             queue_max_bytes: 64 * 1024 * 1024,
             overflow: OverflowPolicy::DropNewest,
             connect_timeout: Duration::from_secs(3),

@@ -107,6 +107,7 @@ impl Relay {
             room,
             Arc::clone(&registry),
             config.log.console_out,
+            edges.clone(),
             stop.clone(),
         ));
 

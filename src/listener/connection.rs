@@ -82,11 +82,7 @@ pub async fn handle<R: AsyncRead + Unpin>(
             Some(result) => result,
             None => {
                 flush(&mut batch, context).await;
-                if shutdown_deadline.is_some() {
-                    // Shutting down and nothing more is ready: what the client sent has been read.
-                    break Closed::Shutdown;
-                }
-                let deadline = match partial_since {
+                let timeout_deadline = match partial_since {
                     Some(since) if !config.partial_line_timeout.is_zero() => {
                         Some(since + config.partial_line_timeout)
                     }
@@ -97,7 +93,14 @@ pub async fn handle<R: AsyncRead + Unpin>(
                     None => None,
                 };
                 let timeout = async {
-                    match deadline {
+                    match timeout_deadline {
+                        Some(deadline) => tokio::time::sleep_until(deadline).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                // Once shutting down, keep reading what clients send for the grace period, then stop.
+                let grace_over = async {
+                    match shutdown_deadline {
                         Some(deadline) => tokio::time::sleep_until(deadline).await,
                         None => std::future::pending().await,
                     }
@@ -112,6 +115,7 @@ pub async fn handle<R: AsyncRead + Unpin>(
                         stats.connections_idle_closed.fetch_add(1, Ordering::Relaxed);
                         break Closed::Idle;
                     }
+                    () = grace_over => break Closed::Shutdown,
                     () = shutdown.cancelled(), if shutdown_deadline.is_none() => {
                         shutdown_deadline = Some(Instant::now() + SHUTDOWN_READ_GRACE);
                         continue;
@@ -166,6 +170,10 @@ pub async fn handle<R: AsyncRead + Unpin>(
         if !batch.is_empty() && now.duration_since(batch_started) >= config.flush_interval {
             flush(&mut batch, context).await;
         }
+        if shutdown_deadline.is_none() && shutdown.is_cancelled() {
+            // A client that always has bytes ready never reaches the select above.
+            shutdown_deadline = Some(Instant::now() + SHUTDOWN_READ_GRACE);
+        }
         if shutdown_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
             break Closed::Shutdown;
         }
@@ -212,13 +220,14 @@ fn log_rejected(reason: Invalid, line: &[u8], counts: &LineCounts, context: &Con
 
 async fn flush(batch: &mut BatchBuilder, context: &ConnectionContext) {
     if let Some(full) = batch.take() {
+        // The lines leave "inbound" as `dispatch` pushes them into the queues, before it paces the sender.
         let n_lines = i64::from(full.n_lines());
-        context.router.dispatch(full).await;
         context
             .registry
             .relay
             .inbound_lines
             .fetch_sub(n_lines, Ordering::Relaxed);
+        context.router.dispatch(full).await;
     }
 }
 
@@ -266,6 +275,7 @@ mod tests {
             room,
             Arc::clone(&registry),
             false,
+            CancellationToken::new(),
             CancellationToken::new(),
         );
         let context = ConnectionContext {
@@ -375,6 +385,31 @@ mod tests {
         assert!(!connection.is_finished());
         drop(client);
         assert_eq!(connection.await.unwrap().0, Closed::Eof);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_shutdown_a_connection_reads_for_the_grace_period_then_closes() {
+        let (context, queue) = context(ListenConfig::default());
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let shutdown = CancellationToken::new();
+        let connection = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { (handle(server, &context, &shutdown).await, Instant::now()) }
+        });
+        client.write_all(LINE).await.unwrap();
+        settle().await;
+        let signalled = Instant::now();
+        shutdown.cancel();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        client.write_all(LINE).await.unwrap();
+        let (closed, at) = connection.await.unwrap();
+        assert_eq!(closed, Closed::Shutdown);
+        assert_eq!(at - signalled, SHUTDOWN_READ_GRACE);
+        assert_eq!(
+            queued_lines(&queue),
+            2,
+            "the line sent during the grace period was lost"
+        );
     }
 
     /// A client that always has another line ready, until a deadline in real time.

@@ -44,6 +44,9 @@ pub struct Router {
     queues: Vec<Arc<Queue>>,
     registry: Arc<Registry>,
     console_out: bool,
+    /// Cancelled when shutdown starts: senders are no longer paced, so what clients already sent reaches the queues
+    /// within the short read grace and drains from there.
+    draining: CancellationToken,
     /// Cancelled when the shutdown deadline passes: `block` senders stop waiting and count their batch as dropped.
     stop: CancellationToken,
     /// Woken when any writer frees room; paced senders wait on it.
@@ -57,12 +60,14 @@ impl Router {
         room: Arc<Notify>,
         registry: Arc<Registry>,
         console_out: bool,
+        draining: CancellationToken,
         stop: CancellationToken,
     ) -> Router {
         Router {
             queues,
             registry,
             console_out,
+            draining,
             stop,
             room,
         }
@@ -127,6 +132,9 @@ impl Router {
     async fn pace(&self) {
         let mut deadline = None;
         loop {
+            if self.draining.is_cancelled() {
+                return;
+            }
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
@@ -145,7 +153,7 @@ impl Router {
                 *deadline_slot = None;
             }
             tokio::select! {
-                () = self.stop.cancelled() => return,
+                () = self.draining.cancelled() => return,
                 () = room => {}
                 () = tokio::time::sleep(PACE_RECHECK) => {}
             }
