@@ -228,6 +228,9 @@ impl Decoder {
 }
 
 #[cfg(test)]
+mod differential;
+
+#[cfg(test)]
 mod tests {
     use proptest::prelude::*;
 
