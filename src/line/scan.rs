@@ -265,3 +265,101 @@ fn timestamp_is_near(buf: &[u8], space: usize, lf: usize, rules: &FastRules) -> 
     let timestamp = field(word, len);
     digit_lanes(timestamp) == lanes(0x80) && (rules.near_low..=rules.near_high).contains(&timestamp)
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::PathPolicy;
+    use crate::line::{check, Notes, Valid};
+
+    const NOW_SECS: i64 = 1_700_000_000;
+
+    fn rules() -> Rules {
+        Rules {
+            max_line_bytes: 200,
+            max_path_bytes: 100,
+            path_policy: PathPolicy::Sanitize,
+            now_secs: NOW_SECS,
+        }
+    }
+
+    /// The verdicts of the fast scan on every line of `buf`, with every classifier (which must agree).
+    fn verdicts(buf: &[u8]) -> Vec<Line> {
+        let fast_rules = FastRules::new(&rules());
+        let mut all = Vec::new();
+        for classifier in Classifier::all_available() {
+            let mut scan = Scan::new(buf, 0, fast_rules, classifier);
+            let mut lines = Vec::new();
+            let mut start = 0;
+            while let Some(line) = scan.next_line(start) {
+                let (Line::AsIs { lf } | Line::Check { lf }) = line;
+                start = lf + 1;
+                lines.push(line);
+            }
+            all.push(lines);
+        }
+        assert!(all.windows(2).all(|pair| pair[0] == pair[1]), "{all:?}");
+        all.swap_remove(0)
+    }
+
+    #[test]
+    fn the_common_line_is_known_as_is_without_the_full_check() {
+        let buf = b"servers.host01.cpu 812.07 1700000120\nx 1 1700000000\na.b -3 1699999999\n";
+        assert_eq!(
+            verdicts(buf),
+            [
+                Line::AsIs { lf: 36 },
+                Line::AsIs { lf: 51 },
+                Line::AsIs { lf: 69 }
+            ]
+        );
+    }
+
+    #[test]
+    fn a_field_in_the_first_sixteen_bytes_of_the_buffer_is_left_to_the_full_check() {
+        assert_eq!(verdicts(b"a 1 1700000000\n"), [Line::Check { lf: 14 }]);
+    }
+
+    /// A line whose value and timestamp end far enough into the buffer for the fixed test.
+    fn line_with(value: &str, timestamp: &str) -> Vec<u8> {
+        format!("servers.host01.cpu.user {value} {timestamp}\n").into_bytes()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        #[test]
+        fn a_value_is_as_is_exactly_when_it_is_plain_decimal(value in "[-+0-9.eE]{0,18}") {
+            let line = line_with(&value, "1700000000");
+            let verdict = verdicts(&line)[0];
+            let full = check(&line[..line.len() - 1], &rules(), &mut bytes::BytesMut::new());
+            let plain_decimal = value.len() <= 16
+                && value.rfind('-').is_none_or(|at| at == 0)
+                && value.chars().filter(|&c| c == '.').count() <= 1
+                && value.chars().any(|c| c.is_ascii_digit())
+                && value.chars().all(|c| c.is_ascii_digit() || c == '.' || c == '-');
+            prop_assert_eq!(matches!(verdict, Line::AsIs { .. }), plain_decimal, "{:?}", full);
+            if plain_decimal {
+                prop_assert_eq!(full, Ok(Valid::AsIs(Notes::NONE)));
+            }
+        }
+
+        #[test]
+        fn a_timestamp_is_as_is_exactly_when_it_is_digits_within_a_year(
+            secs in prop_oneof![0u64..10_000_000_000, 1_668_463_990u64..1_668_464_010, 1_731_535_990u64..1_731_536_010],
+            leading_zeros in 0usize..8,
+        ) {
+            let timestamp = format!("{}{secs}", "0".repeat(leading_zeros));
+            let line = line_with("1", &timestamp);
+            let verdict = verdicts(&line)[0];
+            let full = check(&line[..line.len() - 1], &rules(), &mut bytes::BytesMut::new());
+            let near = timestamp.len() <= 16 && secs > 0 && secs.abs_diff(NOW_SECS as u64) <= TS_FAR_SECS;
+            prop_assert_eq!(matches!(verdict, Line::AsIs { .. }), near, "{:?}", full);
+            if near {
+                prop_assert_eq!(full, Ok(Valid::AsIs(Notes::NONE)));
+            }
+        }
+    }
+}

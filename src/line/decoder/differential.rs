@@ -274,8 +274,30 @@ fn pieces() -> impl Strategy<Value = Vec<u8>> {
     prop::collection::vec(prop_oneof![6 => piece, 1 => any_byte], 0..200).prop_map(|pieces| pieces.concat())
 }
 
+/// Lines that are valid but for their dots, with paths of every length so that dots, pairs of dots and fields
+/// fall on every position of the 64-byte blocks, and of the 16 bytes the value and timestamp tests read.
+fn dotted_lines() -> impl Strategy<Value = Vec<u8>> {
+    let path = prop::collection::vec(prop_oneof![15 => Just(b'a'), 1 => Just(b'.')], 1..140);
+    let pair = prop_oneof![Just(&b""[..]), Just(&b".."[..]), Just(&b"..."[..])];
+    let value = prop_oneof![Just(&b"1"[..]), Just(&b"1.5"[..]), Just(&b"1."[..]), Just(&b"-.5"[..])];
+    let line = (path, pair, any::<prop::sample::Index>(), value).prop_map(|(mut path, pair, at, value)| {
+        let at = at.index(path.len() + 1);
+        path.splice(at..at, pair.iter().copied());
+        [&path[..], b" ", value, b" 1700000000\n"].concat()
+    });
+    prop::collection::vec(line, 1..12).prop_map(|lines| lines.concat())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    #[test]
+    fn the_fast_scan_and_the_plain_decoder_agree_on_dots_at_every_position(
+        input in dotted_lines(),
+        feed in feed_strategy(1500),
+    ) {
+        assert_same(&input, &feed)?;
+    }
 
     #[test]
     fn the_fast_scan_and_the_plain_decoder_agree_on_realistic_lines(
