@@ -57,12 +57,6 @@ impl Classifier {
         }
     }
 
-    /// The portable byte-by-byte implementation.
-    #[cfg(test)]
-    pub fn scalar() -> Classifier {
-        Classifier(Kind::Scalar)
-    }
-
     /// Every implementation this CPU supports, scalar first.
     #[cfg(test)]
     pub fn all_available() -> Vec<Classifier> {
@@ -107,9 +101,10 @@ fn classify_scalar(block: &[u8; 64]) -> Masks {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::{
-        __m128i, __m256i, _mm256_add_epi8, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8, _mm256_loadu_si256,
-        _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8, _mm_add_epi8, _mm_cmpeq_epi8, _mm_cmplt_epi8,
-        _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        __m128i, __m256i, _mm256_add_epi8, _mm256_cmpeq_epi8, _mm256_cmpgt_epi8,
+        _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256, _mm256_set1_epi8, _mm_add_epi8,
+        _mm_cmpeq_epi8, _mm_cmplt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128,
+        _mm_set1_epi8,
     };
 
     use super::Masks;
@@ -149,7 +144,10 @@ mod x86 {
             ),
             _mm_cmpeq_epi8(bytes, _mm_set1_epi8(lane(b'#'))),
         );
-        let inside = _mm_or_si128(_mm_or_si128(letter, digit_or_colon), _mm_or_si128(dot, punctuation));
+        let inside = _mm_or_si128(
+            _mm_or_si128(letter, digit_or_colon),
+            _mm_or_si128(dot, punctuation),
+        );
         let lf = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(lane(b'\n')));
         let bits = |lanes: __m128i| u64::from(_mm_movemask_epi8(lanes) as u16);
         (!bits(inside) & 0xffff, bits(lf), bits(dot))
@@ -236,10 +234,7 @@ mod tests {
                 let mut block = [b'a'; 64];
                 block[at] = byte;
                 let expected = classify_scalar(&block);
-                assert_eq!(
-                    expected.outside >> at & 1,
-                    u64::from(!in_alphabet(byte))
-                );
+                assert_eq!(expected.outside >> at & 1, u64::from(!in_alphabet(byte)));
                 for classifier in Classifier::all_available() {
                     assert_eq!(
                         classifier.classify(&block),

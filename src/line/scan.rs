@@ -95,7 +95,12 @@ pub(super) struct Scan<'a> {
 
 impl<'a> Scan<'a> {
     /// A scan from `start`, which must be a line start.
-    pub(super) fn new(buf: &'a [u8], start: usize, rules: FastRules, classifier: Classifier) -> Scan<'a> {
+    pub(super) fn new(
+        buf: &'a [u8],
+        start: usize,
+        rules: FastRules,
+        classifier: Classifier,
+    ) -> Scan<'a> {
         let mut scan = Scan {
             buf,
             rules,
@@ -112,7 +117,9 @@ impl<'a> Scan<'a> {
     /// Classifies the block at `base`, which follows the held one or starts just after an LF (no dot carried).
     fn load(&mut self, base: usize) {
         let masks = match self.buf.get(base..base + 64) {
-            Some(block) => self.classifier.classify(block.try_into().expect("a slice of 64 bytes")),
+            Some(block) => self
+                .classifier
+                .classify(block.try_into().expect("a slice of 64 bytes")),
             None => {
                 // The last, short block: padded with NULs, which are outside the alphabet, so masked off again.
                 let tail = self.buf.get(base..).unwrap_or_default();
@@ -135,6 +142,7 @@ impl<'a> Scan<'a> {
     }
 
     /// The next event's position, classifying blocks as needed; `None` at the end of the buffer.
+    #[inline(always)]
     fn next_event(&mut self) -> Option<usize> {
         while self.events == 0 {
             let next_base = self.base + 64;
@@ -182,6 +190,8 @@ impl<'a> Scan<'a> {
 }
 
 impl Lines for Scan<'_> {
+    // Inlined into the decoder's loop: a call per line measured about 1 ns of the 25.
+    #[inline(always)]
     fn next_line(&mut self, start: usize) -> Option<Line> {
         let first = self.next_event()?;
         if self.buf[first] != b' ' {

@@ -27,9 +27,16 @@ enum Mode {
 #[derive(Debug, PartialEq)]
 struct Trace {
     batches: Vec<Vec<u8>>,
-    /// Per `decode` call: bytes consumed, the rejected sample taken after it, and the discard state after it.
-    calls: Vec<(usize, Option<(Invalid, Range<usize>)>, bool)>,
+    calls: Vec<Call>,
     counts: LineCounts,
+}
+
+/// What one `decode` call returned and left behind.
+#[derive(Debug, PartialEq)]
+struct Call {
+    consumed: usize,
+    rejected: Option<(Invalid, Range<usize>)>,
+    discarding: bool,
 }
 
 /// How the input is fed and batched.
@@ -68,9 +75,11 @@ fn trace(mode: Mode, input: &[u8], feed: &Feed) -> Trace {
                 Mode::Plain => decoder.decode_plain(&pending, &mut batch, &mut trace.counts),
                 Mode::Fast(_) => decoder.decode(&pending, &mut batch, &mut trace.counts),
             };
-            trace
-                .calls
-                .push((consumed, decoder.take_rejected(), decoder.is_discarding()));
+            trace.calls.push(Call {
+                consumed,
+                rejected: decoder.take_rejected(),
+                discarding: decoder.is_discarding(),
+            });
             pending.drain(..consumed);
             if !batch.is_full() {
                 break;
@@ -118,7 +127,17 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
     let segment_count = rng.random_range(1..8);
     let mut path = format!("servers.host{host:05}");
     for _ in 0..segment_count {
-        let segment = ["cpu", "disk", "sda", "read_bytes", "x", "load-1m", "a:b", "#t", "Q"];
+        let segment = [
+            "cpu",
+            "disk",
+            "sda",
+            "read_bytes",
+            "x",
+            "load-1m",
+            "a:b",
+            "#t",
+            "Q",
+        ];
         path.push('.');
         path.push_str(segment[rng.random_range(0..segment.len())]);
     }
@@ -126,7 +145,8 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
         rng,
         "",
         &[
-            "..", ".", ";tag=v", ";t=é", "é", "@", " ", "\t", "\0", "\u{fffd}", "(x)", ";", "\r", "\n", "+",
+            "..", ".", ";tag=v", ";t=é", "é", "@", " ", "\t", "\0", "\u{fffd}", "(x)", ";", "\r",
+            "\n", "+",
         ],
     );
     let path = match rng.random_range(0..4) {
@@ -139,15 +159,41 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
     };
     let value = match rng.random_range(0..5) {
         0 => rng.random_range(0..1000).to_string(),
-        1 => format!("{}.{:02}", rng.random_range(0..100_000), rng.random_range(0..100)),
+        1 => format!(
+            "{}.{:02}",
+            rng.random_range(0..100_000),
+            rng.random_range(0..100)
+        ),
         2 => format!("-{}", rng.random_range(0..1000)),
         _ => pick(
             rng,
             "812.07",
             &[
-                "1.", ".5", "-.5", "-", ".", "", "1e5", "-1.5E-3", "nan", "inf", "-Infinity", "+1", "1.2.3",
-                "1-", "--1", "0x10", "1_0", "12345678901234567", "1234567890123456", "-123456789012345",
-                "1..2", "١", "007", "0", "-0.",
+                "1.",
+                ".5",
+                "-.5",
+                "-",
+                ".",
+                "",
+                "1e5",
+                "-1.5E-3",
+                "nan",
+                "inf",
+                "-Infinity",
+                "+1",
+                "1.2.3",
+                "1-",
+                "--1",
+                "0x10",
+                "1_0",
+                "12345678901234567",
+                "1234567890123456",
+                "-123456789012345",
+                "1..2",
+                "١",
+                "007",
+                "0",
+                "-0.",
             ],
         )
         .to_string(),
@@ -160,17 +206,39 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
             rng,
             "1700000000",
             &[
-                "1700000000000", "-1", "0", "000", "1700000000.5", "1700000000.", "abc", "1", "01700000000",
-                "00000000001700000000", "9999999999999999", "10000000000000000", "", "1.2.3", "+1700000000",
-                "17000e0", "1731536000", "1731536001", "1668464000", "1668463999",
+                "1700000000000",
+                "-1",
+                "0",
+                "000",
+                "1700000000.5",
+                "1700000000.",
+                "abc",
+                "1",
+                "01700000000",
+                "00000000001700000000",
+                "9999999999999999",
+                "10000000000000000",
+                "",
+                "1.2.3",
+                "+1700000000",
+                "17000e0",
+                "1731536000",
+                "1731536001",
+                "1668464000",
+                "1668463999",
             ],
         )
         .to_string(),
     };
     let first_separator = pick(rng, " ", &["\t", "  ", " \t", "", "\r"]);
     let second_separator = pick(rng, " ", &["\t", "  ", "\t ", ""]);
-    let end = pick(rng, "\n", &["\r\n", " \n", "\t\n", "\r\r\n", "", "\n\n", " 1\n"]);
-    let mut line = format!("{path}{first_separator}{value}{second_separator}{timestamp}{end}").into_bytes();
+    let end = pick(
+        rng,
+        "\n",
+        &["\r\n", " \n", "\t\n", "\r\r\n", "", "\n\n", " 1\n"],
+    );
+    let mut line =
+        format!("{path}{first_separator}{value}{second_separator}{timestamp}{end}").into_bytes();
     if rng.random_bool(0.02) {
         // Invalid UTF-8 somewhere.
         let at = rng.random_range(0..=line.len());
@@ -196,7 +264,12 @@ fn lines_stream(rng: &mut impl Rng, n_lines: usize) -> Vec<u8> {
     input
 }
 
-fn rules_from(max_line_bytes: usize, max_path_bytes: usize, path_policy: PathPolicy, now_secs: i64) -> Rules {
+fn rules_from(
+    max_line_bytes: usize,
+    max_path_bytes: usize,
+    path_policy: PathPolicy,
+    now_secs: i64,
+) -> Rules {
     Rules {
         max_line_bytes,
         max_path_bytes,
@@ -207,7 +280,13 @@ fn rules_from(max_line_bytes: usize, max_path_bytes: usize, path_policy: PathPol
 
 fn rules_strategy() -> impl Strategy<Value = Rules> {
     (
-        prop_oneof![Just(20usize), Just(64), Just(100), Just(300), Just(16 * 1024)],
+        prop_oneof![
+            Just(20usize),
+            Just(64),
+            Just(100),
+            Just(300),
+            Just(16 * 1024)
+        ],
         prop_oneof![Just(5usize), Just(30), Just(40), Just(1024)],
         prop_oneof![
             Just(PathPolicy::Sanitize),
@@ -271,7 +350,8 @@ fn pieces() -> impl Strategy<Value = Vec<u8>> {
     ]
     .prop_map(<[u8]>::to_vec);
     let any_byte = any::<u8>().prop_map(|byte| vec![byte]);
-    prop::collection::vec(prop_oneof![6 => piece, 1 => any_byte], 0..200).prop_map(|pieces| pieces.concat())
+    prop::collection::vec(prop_oneof![6 => piece, 1 => any_byte], 0..200)
+        .prop_map(|pieces| pieces.concat())
 }
 
 /// Lines that are valid but for their dots, with paths of every length so that dots, pairs of dots and fields
@@ -279,12 +359,19 @@ fn pieces() -> impl Strategy<Value = Vec<u8>> {
 fn dotted_lines() -> impl Strategy<Value = Vec<u8>> {
     let path = prop::collection::vec(prop_oneof![15 => Just(b'a'), 1 => Just(b'.')], 1..140);
     let pair = prop_oneof![Just(&b""[..]), Just(&b".."[..]), Just(&b"..."[..])];
-    let value = prop_oneof![Just(&b"1"[..]), Just(&b"1.5"[..]), Just(&b"1."[..]), Just(&b"-.5"[..])];
-    let line = (path, pair, any::<prop::sample::Index>(), value).prop_map(|(mut path, pair, at, value)| {
-        let at = at.index(path.len() + 1);
-        path.splice(at..at, pair.iter().copied());
-        [&path[..], b" ", value, b" 1700000000\n"].concat()
-    });
+    let value = prop_oneof![
+        Just(&b"1"[..]),
+        Just(&b"1.5"[..]),
+        Just(&b"1."[..]),
+        Just(&b"-.5"[..])
+    ];
+    let line = (path, pair, any::<prop::sample::Index>(), value).prop_map(
+        |(mut path, pair, at, value)| {
+            let at = at.index(path.len() + 1);
+            path.splice(at..at, pair.iter().copied());
+            [&path[..], b" ", value, b" 1700000000\n"].concat()
+        },
+    );
     prop::collection::vec(line, 1..12).prop_map(|lines| lines.concat())
 }
 
@@ -325,7 +412,9 @@ fn the_fast_scan_and_the_plain_decoder_agree_on_thousands_of_lines() {
     let mut n_cases = 0;
     for (max_lines, max_bytes) in [(4096, 16 * 1024), (3, 1 << 20), (4096, 100), (1, 1)] {
         for n_cuts in [0, 1, 10, 300] {
-            let cuts = (0..n_cuts).map(|_| rng.random_range(0..=input.len())).collect();
+            let cuts = (0..n_cuts)
+                .map(|_| rng.random_range(0..=input.len()))
+                .collect();
             let feed = Feed {
                 rules,
                 cuts,
