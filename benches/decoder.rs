@@ -1,10 +1,12 @@
-//! Decoder throughput: about 1 MiB of realistic lines through `Decoder::decode`, as a connection drives it.
+//! Decoder throughput: about 1 MiB of realistic lines through `Decoder::decode` (the fast scan) and
+//! `Decoder::decode_plain` (line by line), as a connection drives them.
 //!
-//! Run with `cargo bench --bench decoder -- --warm-up-time 1 --measurement-time 2`.
+//! Run with `cargo bench --bench decoder -- --warm-up-time 1 --measurement-time 3`.
 //!
 //! Two inputs: every line already in normal form (the common case, copied in runs), and one in ten needing a
 //! rewrite (tabs, CRLF, characters to sanitise). The batch is taken whenever it is full and the unconsumed rest is
-//! presented again, as the connection does, so batch handling is part of the figure.
+//! presented again, as the connection does, so batch handling is part of the figure. The number of lines of each
+//! input is printed, to turn the time per iteration into nanoseconds per line.
 
 use criterion::{criterion_main, Criterion, Throughput};
 use polymur::batch::BatchBuilder;
@@ -59,8 +61,15 @@ fn input(rewrite_every_tenth: bool) -> (Vec<u8>, usize) {
     (input, n_lines)
 }
 
+/// Which of the two decoders to drive.
+#[derive(Clone, Copy)]
+enum Scan {
+    Plain,
+    Fast,
+}
+
 /// Decodes the whole input the way a connection does; returns the lines forwarded so the work is not optimised away.
-fn decode_all(input: &[u8]) -> u64 {
+fn decode_all(input: &[u8], scan: Scan) -> u64 {
     let mut decoder = Decoder::new(rules());
     let mut batch = BatchBuilder::new(BATCH_LINES, BATCH_MAX_BYTES);
     let mut counts = LineCounts::default();
@@ -69,7 +78,11 @@ fn decode_all(input: &[u8]) -> u64 {
     while start < input.len() {
         let end = (start + READ_BYTES).min(input.len());
         loop {
-            start += decoder.decode(&input[start..end], &mut batch, &mut counts);
+            let buf = &input[start..end];
+            start += match scan {
+                Scan::Plain => decoder.decode_plain(buf, &mut batch, &mut counts),
+                Scan::Fast => decoder.decode(buf, &mut batch, &mut counts),
+            };
             if !batch.is_full() {
                 break;
             }
@@ -89,13 +102,18 @@ fn decoder(c: &mut Criterion) {
     let mut group = c.benchmark_group("decoder");
     for (name, rewrite_every_tenth) in [("as_is", false), ("rewrite_10pct", true)] {
         let (input, n_lines) = input(rewrite_every_tenth);
-        assert_eq!(
-            decode_all(&input),
-            n_lines as u64,
-            "every line of the {name} input is valid"
-        );
+        println!("{name}: {n_lines} lines, {} bytes", input.len());
         group.throughput(Throughput::Bytes(input.len() as u64));
-        group.bench_function(name, |bencher| bencher.iter(|| decode_all(&input)));
+        for (scan_name, scan) in [("plain", Scan::Plain), ("fast", Scan::Fast)] {
+            assert_eq!(
+                decode_all(&input, scan),
+                n_lines as u64,
+                "every line of the {name} input is valid"
+            );
+            group.bench_function(format!("{scan_name}/{name}"), |bencher| {
+                bencher.iter(|| decode_all(&input, scan))
+            });
+        }
     }
     group.finish();
 }

@@ -9,16 +9,32 @@
 //!
 //! A pending run is copied when it reaches the batch's byte or line limit, so the line limit holds exactly and the
 //! byte limit is passed by at most one line, as [`BatchBuilder::is_full`] sees them.
+//!
+//! # Two ways to find and check lines, one result
+//!
+//! [`Decoder::decode`] finds lines with the fast scan of `scan`: the buffer is classified 64 bytes at a
+//! time into bitmaps with SIMD (`classify`), lines are walked through the bit positions, and the common
+//! line (`path value timestamp` with single spaces, a clean path, a plain decimal value, an integer timestamp within
+//! a year) is known to be as-is from a short fixed test. Every other line goes to the full check (`parse`), as before.
+//! [`Decoder::decode_plain`] is the line-by-line reference: one `memchr` and one `parse` per line. Both share the
+//! loop that builds runs and fills the batch, and must give byte-identical batches, counts, consumed lengths,
+//! rejected samples and discard state on any input split anywhere; a differential test holds them to it. That
+//! works because the fast test only ever says as-is for a line `parse` forwards as-is with no note.
 
 use std::ops::Range;
 
-use super::{parse, write_normal, Invalid, LineCounts, Rules};
+use super::classify::Classifier;
+use super::scan::{FastRules, Line, Lines, PlainLines, Scan};
+use super::{parse, write_normal, Invalid, LineCounts, Notes, Rules};
 use crate::batch::BatchBuilder;
 
 /// Splits a connection's byte stream into lines and validates them; one per connection.
 #[derive(Debug)]
 pub struct Decoder {
     rules: Rules,
+    /// What the fast scan needs from `rules`, kept in step with them.
+    fast_rules: FastRules,
+    classifier: Classifier,
     discarding: bool,
     /// The first line refused since the last [`Decoder::take_rejected`], for a sampled log line.
     rejected: Option<(Invalid, Range<usize>)>,
@@ -27,8 +43,15 @@ pub struct Decoder {
 impl Decoder {
     /// A decoder for a new connection.
     pub fn new(rules: Rules) -> Decoder {
+        Decoder::with_classifier(rules, Classifier::detect())
+    }
+
+    /// A decoder whose fast scan uses the given classifier, so tests can run every one.
+    pub(crate) fn with_classifier(rules: Rules, classifier: Classifier) -> Decoder {
         Decoder {
             rules,
+            fast_rules: FastRules::new(&rules),
+            classifier,
             discarding: false,
             rejected: None,
         }
@@ -42,7 +65,10 @@ impl Decoder {
 
     /// Updates the time used for [`super::Note::TsFar`].
     pub fn set_now(&mut self, now_secs: i64) {
-        self.rules.now_secs = now_secs;
+        if now_secs != self.rules.now_secs {
+            self.rules.now_secs = now_secs;
+            self.fast_rules = FastRules::new(&self.rules);
+        }
     }
 
     /// True while the rest of an over-long line is being skipped up to its LF.
@@ -54,23 +80,57 @@ impl Decoder {
     /// is full. Returns the number of bytes consumed; the caller keeps the rest and presents it again, followed by
     /// more bytes. A rest longer than `max_line_bytes` (no LF yet) is consumed, counted once as `line_len`, and the
     /// decoder skips up to the next LF.
+    ///
+    /// Uses the fast scan; the result is exactly that of [`Decoder::decode_plain`].
     pub fn decode(
         &mut self,
         buf: &[u8],
         batch: &mut BatchBuilder,
         counts: &mut LineCounts,
     ) -> usize {
-        let mut pos = 0;
-        if self.discarding {
-            // The head of this line was counted when it was dropped.
-            match memchr::memchr(b'\n', buf) {
-                Some(lf) => {
-                    pos = lf + 1;
-                    self.discarding = false;
-                }
-                None => return buf.len(),
-            }
+        let Some(start) = self.skip_discarded(buf) else {
+            return buf.len();
+        };
+        let scan = Scan::new(buf, start, self.fast_rules, self.classifier);
+        self.decode_lines(buf, start, scan, batch, counts)
+    }
+
+    /// [`Decoder::decode`] line by line: one `memchr` and one full check per line. The reference the fast scan is
+    /// tested against, and the baseline of the decoder bench.
+    pub fn decode_plain(
+        &mut self,
+        buf: &[u8],
+        batch: &mut BatchBuilder,
+        counts: &mut LineCounts,
+    ) -> usize {
+        let Some(start) = self.skip_discarded(buf) else {
+            return buf.len();
+        };
+        self.decode_lines(buf, start, PlainLines(buf), batch, counts)
+    }
+
+    /// Where decoding starts: 0, or after the LF that ends an over-long line being skipped; `None` when the whole
+    /// buffer is still part of that line.
+    fn skip_discarded(&mut self, buf: &[u8]) -> Option<usize> {
+        if !self.discarding {
+            return Some(0);
         }
+        // The head of this line was counted when it was dropped.
+        let lf = memchr::memchr(b'\n', buf)?;
+        self.discarding = false;
+        Some(lf + 1)
+    }
+
+    /// The loop both decoders share: takes lines from `lines`, builds runs of as-is lines and fills the batch.
+    fn decode_lines(
+        &mut self,
+        buf: &[u8],
+        start: usize,
+        mut lines: impl Lines,
+        batch: &mut BatchBuilder,
+        counts: &mut LineCounts,
+    ) -> usize {
+        let mut pos = start;
         // `buf[run_start..pos]` is a run of `run_lines` lines in normal form, each with its LF, not yet in the batch.
         let mut run_start = pos;
         let mut run_lines = 0u32;
@@ -87,7 +147,7 @@ impl Decoder {
             if run_lines == 0 && batch.is_full() {
                 break;
             }
-            let Some(lf) = memchr::memchr(b'\n', &buf[pos..]) else {
+            let Some(found) = lines.next_line(pos) else {
                 let rest = &buf[pos..];
                 if rest.len() > self.rules.max_line_bytes {
                     // The run ends where the over-long line starts; it must not swallow the line's head.
@@ -101,7 +161,15 @@ impl Decoder {
                 }
                 break;
             };
-            let line_end = pos + lf;
+            let line_end = match found {
+                Line::AsIs { lf } => {
+                    counts.add_valid(Notes::NONE);
+                    run_lines += 1;
+                    pos = lf + 1;
+                    continue;
+                }
+                Line::Check { lf } => lf,
+            };
             let line = &buf[pos..line_end];
             let next = line_end + 1;
             match parse(line, &self.rules) {
@@ -158,6 +226,9 @@ impl Decoder {
         self.discarding = false;
     }
 }
+
+#[cfg(test)]
+mod differential;
 
 #[cfg(test)]
 mod tests {

@@ -2,8 +2,11 @@
 //!
 //! First stage after the socket read. [`check`] validates one line (without its LF) and says whether it can be
 //! forwarded byte for byte or had to be rewritten into its normal form `path value timestamp\n`. [`decoder`] applies
-//! it to a whole read buffer, copying runs of already-normal lines into a batch at once. Invariants: nothing here
-//! allocates per line, panics on any input, or does I/O; every rejected line maps to exactly one [`Invalid`] reason.
+//! it to a whole read buffer, copying runs of already-normal lines into a batch at once. The decoder's fast scan
+//! (`scan`, on the SIMD bitmaps of `classify`) recognises the common normal line without calling `check`, and gives
+//! every line it is unsure about to the same full check, so the rules below are defined in one place only.
+//! Invariants: nothing here allocates per line, panics on any input, or does I/O; every rejected line maps to exactly
+//! one [`Invalid`] reason; the fast scan never changes what is forwarded or counted.
 //!
 //! # The line format
 //!
@@ -30,7 +33,9 @@
 //! When a line breaks several rules, the first in this order is its reason: `line_len`, `empty`, `fields`,
 //! `value`/`nan`, `ts`, `nul`, `utf8`, `path_chars`, `path`, `path_len`.
 
+mod classify;
 pub mod decoder;
+mod scan;
 
 pub use decoder::Decoder;
 
