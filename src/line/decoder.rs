@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use super::classify::Classifier;
 use super::scan::{FastRules, Line, Lines, PlainLines, Scan};
-use super::{parse, write_normal, Invalid, LineCounts, Notes, Rules};
+use super::{parse, write_normal, Invalid, LineCounts, Rules};
 use crate::batch::BatchBuilder;
 
 /// Splits a connection's byte stream into lines and validates them; one per connection.
@@ -162,8 +162,8 @@ impl Decoder {
                 break;
             };
             let line_end = match found {
-                Line::AsIs { lf } => {
-                    counts.add_valid(Notes::NONE);
+                Line::AsIs { lf, notes } => {
+                    counts.add_valid(notes);
                     run_lines += 1;
                     pos = lf + 1;
                     continue;

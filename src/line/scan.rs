@@ -10,18 +10,18 @@
 //! 16 digits within a year of now (so neither zero nor noted `ts_far`). Both fields are read as the 16 bytes that
 //! end at their delimiter, so a field in the first 16 bytes of the buffer fails the test.
 //!
-//! Invariant: the test only ever says [`Line::AsIs`] for a line that `parse` forwards as-is with no note; anything
+//! Invariant: the test only ever says [`Line::AsIs`] for a line that `parse` forwards as-is with the same notes; anything
 //! else it is unsure about is [`Line::Check`], which the decoder gives to `parse`. The events before a line's start
 //! have all been consumed, so the first event popped for a line is its first byte outside the alphabet.
 
 use super::classify::{Classifier, Masks};
-use super::{Rules, TS_FAR_SECS};
+use super::{Note, Notes, Rules, TS_FAR_SECS};
 
 /// A complete line found by [`Lines::next_line`]: where its LF is, and whether it must go through `parse`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Line {
-    /// Already in normal form with no note; forwarded as-is without `parse`.
-    AsIs { lf: usize },
+    /// Already in normal form; forwarded as-is without `parse`, with `notes` (at most `ts_far`).
+    AsIs { lf: usize, notes: Notes },
     /// Anything else: `parse` decides.
     Check { lf: usize },
 }
@@ -176,16 +176,20 @@ impl<'a> Scan<'a> {
         Some(lf)
     }
 
-    /// The fixed test for a line `buf[start..lf]` whose only events are spaces at `first` and `second`.
-    fn is_as_is(&self, start: usize, first: usize, second: usize, lf: usize) -> bool {
+    /// The fixed test for a line `buf[start..lf]` whose only events are spaces at `first` and `second`: its notes if
+    /// it is as-is, `None` if `parse` must decide.
+    fn as_is_notes(&self, start: usize, first: usize, second: usize, lf: usize) -> Option<Notes> {
         let buf = self.buf;
         let path_len = first - start;
-        (1..=self.rules.max_path_bytes).contains(&path_len)
+        let plain = (1..=self.rules.max_path_bytes).contains(&path_len)
             && lf - start <= self.rules.max_line_bytes
             && buf[start] != b'.'
             && buf[first - 1] != b'.'
-            && value_is_plain(buf, first, second)
-            && timestamp_is_near(buf, second, lf, &self.rules)
+            && value_is_plain(buf, first, second);
+        if !plain {
+            return None;
+        }
+        timestamp_notes(buf, second, lf, &self.rules)
     }
 }
 
@@ -205,10 +209,9 @@ impl Lines for Scan<'_> {
         if self.buf[third] != b'\n' {
             return self.lf_from(third).map(|lf| Line::Check { lf });
         }
-        Some(if self.is_as_is(start, first, second, third) {
-            Line::AsIs { lf: third }
-        } else {
-            Line::Check { lf: third }
+        Some(match self.as_is_notes(start, first, second, third) {
+            Some(notes) => Line::AsIs { lf: third, notes },
+            None => Line::Check { lf: third },
         })
     }
 }
@@ -265,15 +268,23 @@ fn value_is_plain(buf: &[u8], space: usize, end: usize) -> bool {
         && (non_digits.count_ones() as usize) < len
 }
 
-/// True when `buf[space..lf]` (delimiters excluded) is 1 to 16 digits within a year of now. Its bytes are known to
-/// be from the path alphabet, so ASCII.
-fn timestamp_is_near(buf: &[u8], space: usize, lf: usize, rules: &FastRules) -> bool {
+/// For `buf[space..lf]` (delimiters excluded) of 1 to 16 digits, not all zero: no note within a year of now, else
+/// `ts_far` (benchmark pools and replayed archives are far, and common). `None` for anything else. Its bytes are
+/// known to be from the path alphabet, so ASCII.
+fn timestamp_notes(buf: &[u8], space: usize, lf: usize, rules: &FastRules) -> Option<Notes> {
     let len = lf - space - 1;
-    let Some(word) = sixteen_before(buf, lf).filter(|_| (1..=16).contains(&len)) else {
-        return false;
-    };
+    let word = sixteen_before(buf, lf).filter(|_| (1..=16).contains(&len))?;
     let timestamp = field(word, len);
-    digit_lanes(timestamp) == lanes(0x80) && (rules.near_low..=rules.near_high).contains(&timestamp)
+    if digit_lanes(timestamp) != lanes(0x80) || timestamp == lanes(b'0') {
+        return None;
+    }
+    if (rules.near_low..=rules.near_high).contains(&timestamp) {
+        Some(Notes::NONE)
+    } else {
+        let mut notes = Notes::NONE;
+        notes.insert(Note::TsFar);
+        Some(notes)
+    }
 }
 
 #[cfg(test)]
@@ -282,7 +293,7 @@ mod tests {
 
     use super::*;
     use crate::config::PathPolicy;
-    use crate::line::{check, Notes, Valid};
+    use crate::line::{check, Valid};
 
     const NOW_SECS: i64 = 1_700_000_000;
 
@@ -304,7 +315,7 @@ mod tests {
             let mut lines = Vec::new();
             let mut start = 0;
             while let Some(line) = scan.next_line(start) {
-                let (Line::AsIs { lf } | Line::Check { lf }) = line;
+                let (Line::AsIs { lf, .. } | Line::Check { lf }) = line;
                 start = lf + 1;
                 lines.push(line);
             }
@@ -320,9 +331,18 @@ mod tests {
         assert_eq!(
             verdicts(buf),
             [
-                Line::AsIs { lf: 36 },
-                Line::AsIs { lf: 51 },
-                Line::AsIs { lf: 69 }
+                Line::AsIs {
+                    lf: 36,
+                    notes: Notes::NONE
+                },
+                Line::AsIs {
+                    lf: 51,
+                    notes: Notes::NONE
+                },
+                Line::AsIs {
+                    lf: 69,
+                    notes: Notes::NONE
+                }
             ]
         );
     }
@@ -357,7 +377,7 @@ mod tests {
         }
 
         #[test]
-        fn a_timestamp_is_as_is_exactly_when_it_is_digits_within_a_year(
+        fn a_timestamp_is_as_is_exactly_when_it_is_nonzero_digits_noting_far_ones(
             secs in prop_oneof![0u64..10_000_000_000, 1_668_463_990u64..1_668_464_010, 1_731_535_990u64..1_731_536_010],
             leading_zeros in 0usize..8,
         ) {
@@ -365,10 +385,13 @@ mod tests {
             let line = line_with("1", &timestamp);
             let verdict = verdicts(&line)[0];
             let full = check(&line[..line.len() - 1], &rules(), &mut bytes::BytesMut::new());
-            let near = timestamp.len() <= 16 && secs > 0 && secs.abs_diff(NOW_SECS as u64) <= TS_FAR_SECS;
-            prop_assert_eq!(matches!(verdict, Line::AsIs { .. }), near, "{:?}", full);
-            if near {
-                prop_assert_eq!(full, Ok(Valid::AsIs(Notes::NONE)));
+            let fast = timestamp.len() <= 16 && secs > 0;
+            prop_assert_eq!(matches!(verdict, Line::AsIs { .. }), fast, "{:?}", full);
+            if let Line::AsIs { notes, .. } = verdict {
+                // Exactly what the full check says, `ts_far` included.
+                prop_assert_eq!(full, Ok(Valid::AsIs(notes)));
+                let far = secs.abs_diff(NOW_SECS as u64) > TS_FAR_SECS;
+                prop_assert_eq!(notes.contains(Note::TsFar), far);
             }
         }
     }
