@@ -66,7 +66,9 @@ pub async fn handle<R: AsyncRead + Unpin>(
 ) -> Closed {
     let config = &context.config;
     let stats = &context.registry.relay;
-    let mut buf: Vec<u8> = Vec::with_capacity(config.read_buffer_bytes);
+    let mut read_buffer =
+        ReadBufferSize::new(config.read_buffer_bytes, context.rules.max_line_bytes);
+    let mut buf: Vec<u8> = Vec::with_capacity(read_buffer.target);
     let mut decoder = Decoder::new(context.rules);
     let mut batch = BatchBuilder::new(config.batch_lines, config.batch_max_bytes);
     let mut counts = LineCounts::default();
@@ -77,9 +79,16 @@ pub async fn handle<R: AsyncRead + Unpin>(
 
     let closed = loop {
         // Try the read without waiting first: if nothing is ready, hand the batch on before sleeping.
+        read_buffer.make_room(&mut buf);
+        let spare_before_read = buf.capacity() - buf.len();
         let ready = poll_once(pin!(reader.read_buf(&mut buf)));
         let read_result = match ready {
-            Some(result) => result,
+            Some(result) => {
+                if let Ok(n_read) = result {
+                    read_buffer.after_read(n_read, spare_before_read);
+                }
+                result
+            }
             None => {
                 flush(&mut batch, context).await;
                 let timeout_deadline = match partial_since {
@@ -105,8 +114,22 @@ pub async fn handle<R: AsyncRead + Unpin>(
                         None => std::future::pending().await,
                     }
                 };
+                read_buffer.before_wait(&mut buf);
+                let wait_started = Instant::now();
+                let spare_before_wait = buf.capacity() - buf.len();
+                let read = async {
+                    let result = reader.read_buf(&mut buf).await;
+                    read_buffer.after_wait(wait_started.elapsed());
+                    result
+                };
                 tokio::select! {
-                    result = reader.read_buf(&mut buf) => result,
+                    result = read => {
+                        // The buffer may have shrunk while waiting: judge the read by the room it had.
+                        if let Ok(n_read) = result {
+                            read_buffer.after_read(n_read, spare_before_wait);
+                        }
+                        result
+                    }
                     () = timeout => {
                         if partial_since.is_some() {
                             counts.add_invalid(Invalid::PartialTimeout);
@@ -196,6 +219,66 @@ fn publish(counts: &mut LineCounts, context: &ConnectionContext) {
     }
     stats.add_line_counts(counts);
     *counts = LineCounts::default();
+}
+
+/// How a connection's read buffer grows and shrinks: it starts small, doubles up to `listen.read_buffer_bytes` while
+/// reads fill it (a busy sender: large reads save syscalls, measured 0.91x CPU at 256 KiB against 64 KiB), and
+/// drops back to its initial size before waiting when the connection's previous wait was long (a sender that writes
+/// now and then, such as collectd: thousands of them must not each hold a large buffer).
+#[derive(Debug)]
+struct ReadBufferSize {
+    /// Capacity to keep available for reads.
+    target: usize,
+    initial: usize,
+    max: usize,
+    /// True when the last wait for data lasted at least [`IDLE_WAIT`].
+    was_idle: bool,
+}
+
+/// A wait for data at least this long marks a connection as mostly idle.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Free room a read buffer starts with beyond the longest partial line it may have to keep.
+const INITIAL_READ_ROOM: usize = 16 * 1024;
+
+impl ReadBufferSize {
+    fn new(max: usize, max_line_bytes: usize) -> ReadBufferSize {
+        // Room for the longest partial line the decoder keeps, plus room to read more after it.
+        let initial = (max_line_bytes + 1 + INITIAL_READ_ROOM).min(max);
+        ReadBufferSize {
+            target: initial,
+            initial,
+            max,
+            was_idle: false,
+        }
+    }
+
+    /// Ensures the buffer has its target capacity (a partial line kept at its start counts against it).
+    fn make_room(&self, buf: &mut Vec<u8>) {
+        if buf.capacity() < self.target {
+            buf.reserve_exact(self.target - buf.len());
+        }
+    }
+
+    /// A read that filled all the room it had means more is waiting: grow.
+    fn after_read(&mut self, n_read: usize, spare: usize) {
+        if n_read == spare && self.target < self.max {
+            self.target = (self.target * 2).min(self.max);
+        }
+    }
+
+    /// Before waiting for data: a connection that was idle last time and holds no partial line gives its large
+    /// buffer back.
+    fn before_wait(&mut self, buf: &mut Vec<u8>) {
+        if self.was_idle && buf.is_empty() && buf.capacity() > self.initial {
+            *buf = Vec::with_capacity(self.initial);
+            self.target = self.initial;
+        }
+    }
+
+    fn after_wait(&mut self, waited: Duration) {
+        self.was_idle = waited >= IDLE_WAIT;
+    }
 }
 
 /// Longest sample of a refused line in a log message, after escaping.
@@ -409,6 +492,47 @@ mod tests {
             queued_lines(&queue),
             2,
             "the line sent during the grace period was lost"
+        );
+    }
+
+    #[test]
+    fn a_read_buffer_doubles_while_reads_fill_it_and_shrinks_after_an_idle_wait() {
+        let mut size = ReadBufferSize::new(256 * 1024, 16 * 1024);
+        let initial = 16 * 1024 + 1 + INITIAL_READ_ROOM;
+        assert_eq!(size.target, initial);
+        size.after_read(100, initial);
+        assert_eq!(size.target, initial, "a short read does not grow it");
+        for _ in 0..10 {
+            let target = size.target;
+            size.after_read(target, target);
+        }
+        assert_eq!(
+            size.target,
+            256 * 1024,
+            "it stops at the configured largest size"
+        );
+        let mut buf = Vec::new();
+        size.make_room(&mut buf);
+        assert!(buf.capacity() >= 256 * 1024);
+
+        size.before_wait(&mut buf);
+        assert!(
+            buf.capacity() >= 256 * 1024,
+            "a busy connection keeps its buffer"
+        );
+        size.after_wait(IDLE_WAIT);
+        buf.push(b'x');
+        size.before_wait(&mut buf);
+        assert!(
+            buf.capacity() >= 256 * 1024,
+            "a buffer holding a partial line is kept"
+        );
+        buf.clear();
+        size.before_wait(&mut buf);
+        assert_eq!(size.target, initial);
+        assert!(
+            buf.capacity() < 256 * 1024,
+            "an idle connection gives its large buffer back"
         );
     }
 
