@@ -327,8 +327,35 @@ impl Config {
         if self.listen.address.is_empty() {
             return invalid("listen.address", "must not be empty");
         }
-        if self.listen.max_connections == 0 {
-            return invalid("listen.max_connections", "must be at least 1");
+        if !(1..=MAX_CONNECTIONS).contains(&self.listen.max_connections) {
+            return invalid(
+                "listen.max_connections",
+                format!("must be in 1..={MAX_CONNECTIONS}"),
+            );
+        }
+        for (key, duration) in [
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("listen.idle_timeout", self.listen.idle_timeout),
+            (
+                "listen.partial_line_timeout",
+                self.listen.partial_line_timeout,
+            ),
+            ("listen.flush_interval", self.listen.flush_interval),
+            (
+                "destination.connect_timeout",
+                self.destination.connect_timeout,
+            ),
+            ("destination.write_timeout", self.destination.write_timeout),
+            (
+                "destination.retry_interval",
+                self.destination.retry_interval,
+            ),
+            ("stats.log_interval", self.stats.log_interval),
+            ("stats.metrics_flush", self.stats.metrics_flush),
+        ] {
+            if duration > MAX_DURATION {
+                return invalid(key, "must be at most a year");
+            }
         }
         if !(64..=1024 * 1024).contains(&self.line.max_line_bytes) {
             return invalid("line.max_line_bytes", "must be in 64..=1048576");
@@ -392,6 +419,12 @@ impl Config {
         Ok(())
     }
 }
+
+/// Longest duration any setting takes: far beyond any sensible value, and safe to add to an `Instant`.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Most connections `listen.max_connections` may allow; file descriptors run out long before.
+const MAX_CONNECTIONS: usize = 10_000_000;
 
 /// Splits a destination's `host:port` (or `[v6]:port`) into its parts; `None` if there is no host or no port in
 /// 1..=65535.
@@ -481,6 +514,11 @@ mod tests {
         };
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("destinations"), "{err}");
+
+        let mut config = Config::default();
+        config.stats.metrics_flush = Duration::from_secs(u64::MAX);
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("stats.metrics_flush"), "{err}");
 
         let mut config = Config::default();
         config.line.max_line_bytes = 512 * 1024;

@@ -3,11 +3,11 @@
 //! Start: validate, create counters and destinations (queues and writers), bind the plaintext listener and the stats
 //! server (a bind failure is an error naming the address), then spawn the accept loop and the edges' tickers.
 //!
-//! Shutdown ([`Relay::shutdown`]), bounded as a whole by `shutdown_timeout`: stop accepting; let connections read
-//! what their clients already sent (at most one second) and hand over their last batches; close the queues; let
+//! Shutdown ([`Relay::shutdown`]), bounded as a whole by `shutdown_timeout`: stop accepting and stop pacing; let
+//! connections read what their clients send for one second and hand over their last batches; close the queues; let
 //! writers drain; at the deadline stop them and count what is left per destination as dropped (`shutdown`), logged
-//! at ERROR. Only the edges (listener, stats server, tickers) watch the shutdown token; everything downstream ends
-//! when its input ends.
+//! at ERROR; then the log ticker's last report. Queues and writers never watch a shutdown token: they end when their
+//! input ends.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -27,7 +27,7 @@ use crate::http;
 use crate::line::Rules;
 use crate::listener::{self, ConnectionContext};
 use crate::router::Router;
-use crate::stats::{self, Registry};
+use crate::stats::{self, DropReason, Registry};
 
 /// A running relay.
 #[derive(Debug)]
@@ -36,12 +36,16 @@ pub struct Relay {
     registry: Arc<Registry>,
     listen_address: SocketAddr,
     stats_address: Option<SocketAddr>,
-    /// Cancelled to stop the edges: the accept loop, the stats server, the tickers.
+    /// Cancelled to stop the edges: the accept loop, the stats server, the self-metrics; connections then read for
+    /// their grace period and the router stops pacing.
     edges: CancellationToken,
     /// Cancelled at the shutdown deadline: writers and blocked senders stop at once.
     stop: CancellationToken,
     connections: TaskTracker,
     edge_tasks: TaskTracker,
+    /// The periodic log line runs until the very end, so that losses during shutdown are logged too.
+    log_ticker: JoinHandle<()>,
+    log_ticker_stop: CancellationToken,
     queues: Vec<Arc<Queue>>,
     writers: Vec<JoinHandle<()>>,
 }
@@ -144,10 +148,11 @@ impl Relay {
             }
             None => None,
         };
-        edge_tasks.spawn(stats::log::run_log_ticker(
+        let log_ticker_stop = CancellationToken::new();
+        let log_ticker = tokio::spawn(stats::log::run_log_ticker(
             Arc::clone(&registry),
             config.stats.log_interval,
-            edges.clone(),
+            log_ticker_stop.clone(),
         ));
         let prefix =
             stats::carbon::expand_prefix(&config.stats.metrics_prefix, &stats::carbon::host_name());
@@ -168,6 +173,8 @@ impl Relay {
             stop,
             connections,
             edge_tasks,
+            log_ticker,
+            log_ticker_stop,
             queues,
             writers,
         })
@@ -220,12 +227,17 @@ impl Relay {
         }
         let mut report = ShutdownReport::default();
         for queue in &self.queues {
-            let n_lost = queue.drop_remaining();
+            queue.drop_remaining();
+            // Everything dropped for `shutdown`: what was left queued, and batches `block` senders gave up on.
+            let n_lost =
+                queue.stats().dropped_lines[DropReason::Shutdown as usize].load(Ordering::Relaxed);
             if n_lost > 0 {
                 error!(destination = %queue.stats().address, lines = n_lost, "shutdown: lines not delivered");
             }
             report.lines_lost += n_lost;
         }
+        self.log_ticker_stop.cancel();
+        let _ = self.log_ticker.await;
         let received = self.registry.relay.lines_received.load(Ordering::Relaxed);
         info!(
             lines_received = received,

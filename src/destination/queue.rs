@@ -49,8 +49,8 @@ pub struct QueueLimits {
 pub enum Pushed {
     /// The batch is queued.
     Queued,
-    /// The batch is queued; older batches with this many lines were dropped to make room (`drop_oldest`).
-    QueuedEvicting(u64),
+    /// The batch is queued; older batches were dropped, and counted, to make room (`drop_oldest`).
+    QueuedEvicting,
     /// The batch did not fit and was dropped (`drop_newest`).
     Dropped,
     /// The batch does not fit and the policy is `block`: wait with [`Queue::space_available`] and push again.
@@ -114,86 +114,80 @@ impl Queue {
         &self.stats
     }
 
-    /// Adds a batch at the tail, applying the overflow policy if it does not fit. Dropped lines are counted here.
+    /// Adds a batch at the tail, applying the overflow policy if it does not fit. Dropped lines are counted here,
+    /// including those of a batch refused because the queue is closed.
     pub fn push(&self, batch: Batch) -> Pushed {
         let n_lines = batch.n_lines() as usize;
         let n_bytes = batch.len();
-        let mut evicted_lines = 0u64;
-        {
-            let mut state = self.state.lock();
-            if state.closed {
-                return Pushed::Closed;
-            }
-            if !self.fits(&state, n_lines, n_bytes) {
-                match self.limits.overflow {
-                    OverflowPolicy::DropNewest => {
+        let mut state = self.state.lock();
+        if state.closed {
+            drop(state);
+            self.stats.add_dropped(DropReason::Shutdown, n_lines as u64);
+            return Pushed::Closed;
+        }
+        let mut pushed = Pushed::Queued;
+        if !self.fits(&state, n_lines, n_bytes) {
+            match self.limits.overflow {
+                OverflowPolicy::DropNewest => {
+                    drop(state);
+                    self.stats
+                        .add_dropped(DropReason::QueueFull, n_lines as u64);
+                    return Pushed::Dropped;
+                }
+                OverflowPolicy::Block => return Pushed::Full(batch),
+                OverflowPolicy::DropOldest => {
+                    let mut evicted = Vec::new();
+                    while !self.fits(&state, n_lines, n_bytes) {
+                        let Some(oldest) = state.batches.pop_front() else {
+                            break;
+                        };
+                        state.n_lines -= oldest.n_lines() as usize;
+                        state.n_bytes -= oldest.len();
+                        evicted.push(oldest);
+                    }
+                    if !self.fits(&state, n_lines, n_bytes) {
+                        // What is in flight leaves no room even with the queue emptied: evicting would lose those
+                        // batches for nothing, so they go back and only the new batch is dropped.
+                        for oldest in evicted.into_iter().rev() {
+                            state.n_lines += oldest.n_lines() as usize;
+                            state.n_bytes += oldest.len();
+                            state.batches.push_front(oldest);
+                        }
                         drop(state);
                         self.stats
                             .add_dropped(DropReason::QueueFull, n_lines as u64);
                         return Pushed::Dropped;
                     }
-                    OverflowPolicy::Block => return Pushed::Full(batch),
-                    OverflowPolicy::DropOldest => {
-                        let mut evicted_bytes = 0usize;
-                        while !self.fits(&state, n_lines, n_bytes) {
-                            let Some(oldest) = state.batches.pop_front() else {
-                                break;
-                            };
-                            evicted_lines += u64::from(oldest.n_lines());
-                            evicted_bytes += oldest.len();
-                            state.n_lines -= oldest.n_lines() as usize;
-                            state.n_bytes -= oldest.len();
-                        }
-                        self.stats
-                            .queued_lines
-                            .fetch_sub(evicted_lines as i64, Ordering::Relaxed);
-                        self.stats
-                            .queued_bytes
-                            .fetch_sub(evicted_bytes as i64, Ordering::Relaxed);
-                        if !self.fits(&state, n_lines, n_bytes) {
-                            // Everything left is in flight: the new batch is the only one that can go.
-                            drop(state);
-                            self.stats
-                                .add_dropped(DropReason::QueueFull, evicted_lines + n_lines as u64);
-                            return Pushed::Dropped;
-                        }
-                    }
+                    let evicted_lines: u64 = evicted
+                        .iter()
+                        .map(|oldest| u64::from(oldest.n_lines()))
+                        .sum();
+                    self.stats.add_dropped(DropReason::QueueFull, evicted_lines);
+                    pushed = Pushed::QueuedEvicting;
                 }
             }
-            state.n_lines += n_lines;
-            state.n_bytes += n_bytes;
-            state.batches.push_back(batch);
         }
-        self.stats
-            .queued_lines
-            .fetch_add(n_lines as i64, Ordering::Relaxed);
-        self.stats
-            .queued_bytes
-            .fetch_add(n_bytes as i64, Ordering::Relaxed);
+        state.n_lines += n_lines;
+        state.n_bytes += n_bytes;
+        state.batches.push_back(batch);
+        self.publish_gauges(&state);
+        drop(state);
         self.data_ready.notify_one();
-        if evicted_lines > 0 {
-            self.stats.add_dropped(DropReason::QueueFull, evicted_lines);
-            Pushed::QueuedEvicting(evicted_lines)
-        } else {
-            Pushed::Queued
-        }
+        pushed
     }
 
     /// Adds a batch to the priority lane, which the writer empties first and which ignores the queue's bounds (it has
     /// its own small one: its oldest batches are dropped, and counted, past [`PRIORITY_MAX_BYTES`]).
     pub fn push_priority(&self, batch: Batch) {
-        let n_lines = batch.n_lines() as usize;
-        let n_bytes = batch.len();
-        let mut dropped_lines = 0usize;
-        let mut dropped_bytes = 0usize;
+        let mut dropped_lines = 0u64;
         {
             let mut state = self.state.lock();
             if state.closed {
                 return;
             }
-            state.priority_bytes += n_bytes;
-            state.n_lines += n_lines;
-            state.n_bytes += n_bytes;
+            state.priority_bytes += batch.len();
+            state.n_lines += batch.n_lines() as usize;
+            state.n_bytes += batch.len();
             state.priority.push_back(batch);
             while state.priority_bytes > PRIORITY_MAX_BYTES && state.priority.len() > 1 {
                 let Some(oldest) = state.priority.pop_front() else {
@@ -202,19 +196,12 @@ impl Queue {
                 state.priority_bytes -= oldest.len();
                 state.n_lines -= oldest.n_lines() as usize;
                 state.n_bytes -= oldest.len();
-                dropped_lines += oldest.n_lines() as usize;
-                dropped_bytes += oldest.len();
+                dropped_lines += u64::from(oldest.n_lines());
             }
+            self.publish_gauges(&state);
         }
-        self.stats
-            .queued_lines
-            .fetch_add(n_lines as i64 - dropped_lines as i64, Ordering::Relaxed);
-        self.stats
-            .queued_bytes
-            .fetch_add(n_bytes as i64 - dropped_bytes as i64, Ordering::Relaxed);
         if dropped_lines > 0 {
-            self.stats
-                .add_dropped(DropReason::QueueFull, dropped_lines as u64);
+            self.stats.add_dropped(DropReason::QueueFull, dropped_lines);
         }
         self.data_ready.notify_one();
     }
@@ -277,17 +264,14 @@ impl Queue {
     pub fn complete(&self, batches: &[Batch]) {
         let n_lines: usize = batches.iter().map(|batch| batch.n_lines() as usize).sum();
         let n_bytes: usize = batches.iter().map(Batch::len).sum();
-        {
+        let stopped_holding = {
             let mut state = self.state.lock();
+            let held = state.n_bytes as i64 > self.hold_bytes;
             state.n_lines -= n_lines;
             state.n_bytes -= n_bytes;
-        }
-        self.stats
-            .queued_lines
-            .fetch_sub(n_lines as i64, Ordering::Relaxed);
-        self.stats
-            .queued_bytes
-            .fetch_sub(n_bytes as i64, Ordering::Relaxed);
+            self.publish_gauges(&state);
+            held && state.n_bytes as i64 <= self.hold_bytes
+        };
         self.stats
             .sent_lines
             .fetch_add(n_lines as u64, Ordering::Relaxed);
@@ -298,7 +282,11 @@ impl Queue {
         if self.is_starving() {
             self.pacing.store(true, Ordering::Relaxed);
         }
-        self.room.notify_waiters();
+        // Paced senders only care when this queue stops holding them; waking thousands of them on every write would
+        // be a thundering herd. `block` senders wait for any room.
+        if stopped_holding || self.limits.overflow == OverflowPolicy::Block {
+            self.room.notify_waiters();
+        }
     }
 
     /// Closes the queue to producers; the writer drains what is left and then sees the end.
@@ -325,28 +313,16 @@ impl Queue {
     pub fn drop_remaining(&self) -> u64 {
         let mut state = self.state.lock();
         let n_lines = state.n_lines as u64;
-        let n_bytes = state.n_bytes;
         state.batches.clear();
         state.priority.clear();
         state.priority_bytes = 0;
         state.n_lines = 0;
         state.n_bytes = 0;
         state.closed = true;
+        self.publish_gauges(&state);
         drop(state);
-        self.stats
-            .queued_lines
-            .fetch_sub(n_lines as i64, Ordering::Relaxed);
-        self.stats
-            .queued_bytes
-            .fetch_sub(n_bytes as i64, Ordering::Relaxed);
         self.stats.add_dropped(DropReason::Shutdown, n_lines);
         n_lines
-    }
-
-    /// True if a push of `n_bytes` would fit now (used by `block` senders).
-    pub fn has_room_for(&self, n_lines: usize, n_bytes: usize) -> bool {
-        let state = self.state.lock();
-        state.closed || self.fits(&state, n_lines, n_bytes)
     }
 
     /// True while the queue is nearly empty (under a quarter of its hold threshold): the destination waits for input.
@@ -382,6 +358,16 @@ impl Queue {
     pub fn mark_progress(&self) {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         self.last_progress_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// Copies the queue's size into the stats gauges; called with the lock held, so they never run ahead or behind.
+    fn publish_gauges(&self, state: &State) {
+        self.stats
+            .queued_lines
+            .store(state.n_lines as i64, Ordering::Relaxed);
+        self.stats
+            .queued_bytes
+            .store(state.n_bytes as i64, Ordering::Relaxed);
     }
 
     fn fits(&self, state: &State, n_lines: usize, n_bytes: usize) -> bool {
@@ -439,12 +425,24 @@ mod tests {
         let queue = queue(100, 12, OverflowPolicy::DropOldest);
         queue.push(batch("a 1 1\n"));
         queue.push(batch("b 1 1\n"));
-        assert_eq!(queue.push(batch("c 1 1\n")), Pushed::QueuedEvicting(1));
+        assert_eq!(queue.push(batch("c 1 1\n")), Pushed::QueuedEvicting);
         assert_eq!(dropped(&queue), 1);
         assert_eq!(
             pop_all(&queue).await,
             vec![batch("b 1 1\n"), batch("c 1 1\n")]
         );
+    }
+
+    #[tokio::test]
+    async fn drop_oldest_evicts_nothing_when_what_is_in_flight_leaves_no_room_anyway() {
+        let queue = queue(100, 12, OverflowPolicy::DropOldest);
+        queue.push(batch("a 1 1\n"));
+        let in_flight = pop_all(&queue).await;
+        queue.push(batch("b\n"));
+        assert_eq!(queue.push(batch("c 1 12\n")), Pushed::Dropped);
+        assert_eq!(dropped(&queue), 1, "only the new batch is lost");
+        queue.complete(&in_flight);
+        assert_eq!(pop_all(&queue).await, vec![batch("b\n")]);
     }
 
     #[tokio::test]
@@ -486,7 +484,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn close_lets_the_writer_drain_then_end_and_drop_remaining_counts_shutdown() {
+    async fn close_lets_the_writer_drain_then_end_and_every_line_refused_or_left_counts_as_shutdown(
+    ) {
         let queue = queue(100, 1024, OverflowPolicy::DropNewest);
         queue.push(batch("a 1 1\n"));
         queue.close();
@@ -495,9 +494,10 @@ mod tests {
         assert!(queue.pop_into(&mut out, usize::MAX).await);
         queue.unpop(&mut out);
         assert_eq!(queue.drop_remaining(), 1);
+        // The batch refused after close and the one left at the end.
         assert_eq!(
             queue.stats().dropped_lines[DropReason::Shutdown as usize].load(Ordering::Relaxed),
-            1
+            2
         );
         assert!(!queue.pop_into(&mut out, usize::MAX).await);
     }

@@ -104,15 +104,28 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
         queue.mark_progress();
         info!("Connected to destination: {}", settings.address);
         was_connected = true;
-        let ended = write_until_error(stream, &queue, &settings, &stop, &mut batches).await;
+        let mut wrote_any = false;
+        let ended = write_until_error(
+            stream,
+            &queue,
+            &settings,
+            &stop,
+            &mut batches,
+            &mut wrote_any,
+        )
+        .await;
         stats.connected.store(false, Ordering::Relaxed);
         match ended {
             Ended::Drained | Ended::Stopped => return,
             Ended::Failed(err) => {
                 stats.disconnects.fetch_add(1, Ordering::Relaxed);
-                warn!(destination = %settings.address, error = %err, "lost connection to destination, reconnecting");
-                backoff.reset();
+                // A connection that carried data earns a quick reconnect; one that failed before its first write
+                // (a destination that accepts and closes at once) keeps backing off up to `retry_interval`.
+                if wrote_any {
+                    backoff.reset();
+                }
                 let delay = backoff.next_delay();
+                warn!(destination = %settings.address, error = %err, retry_in = ?delay, "lost connection to destination, reconnecting");
                 tokio::select! {
                     biased;
                     () = stop.cancelled() => return,
@@ -158,6 +171,7 @@ async fn write_until_error(
     settings: &WriterSettings,
     stop: &CancellationToken,
     batches: &mut Vec<Batch>,
+    wrote_any: &mut bool,
 ) -> Ended {
     loop {
         let popped = tokio::select! {
@@ -185,6 +199,7 @@ async fn write_until_error(
             Ok(()) => {
                 queue.complete(batches);
                 batches.clear();
+                *wrote_any = true;
             }
             Err(err) => {
                 if err.kind() == io::ErrorKind::TimedOut {

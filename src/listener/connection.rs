@@ -90,7 +90,13 @@ pub async fn handle<R: AsyncRead + Unpin>(
                 result
             }
             None => {
+                // Time the relay holds this connection while handing the batch on (pacing, `block`) is not the
+                // client's idleness: push its clocks forward by it.
+                let flush_started = Instant::now();
                 flush(&mut batch, context).await;
+                let held = flush_started.elapsed();
+                last_line_at += held;
+                partial_since = partial_since.map(|since| since + held);
                 let timeout_deadline = match partial_since {
                     Some(since) if !config.partial_line_timeout.is_zero() => {
                         Some(since + config.partial_line_timeout)
@@ -123,6 +129,8 @@ pub async fn handle<R: AsyncRead + Unpin>(
                     result
                 };
                 tokio::select! {
+                    // Bytes that are ready win over a deadline that passed meanwhile.
+                    biased;
                     result = read => {
                         // The buffer may have shrunk while waiting: judge the read by the room it had.
                         if let Ok(n_read) = result {
@@ -167,12 +175,14 @@ pub async fn handle<R: AsyncRead + Unpin>(
         decoder.set_now(line::unix_now_secs());
 
         let mut consumed = 0;
+        let mut n_completed = 0;
         loop {
             let start = consumed;
             consumed += decoder.decode(&buf[start..], &mut batch, &mut counts);
             if let Some((reason, range)) = decoder.take_rejected() {
                 log_rejected(reason, &buf[start..][range], &counts, context);
             }
+            n_completed += counts.valid + counts.n_invalid();
             publish(&mut counts, context);
             if !batch.is_full() {
                 break;
@@ -181,14 +191,19 @@ pub async fn handle<R: AsyncRead + Unpin>(
             batch_started = Instant::now();
         }
         buf.drain(..consumed);
-        if consumed > 0 {
+        let processed_at = Instant::now();
+        if n_completed > 0 {
             // The idle timeout runs from the last complete line, valid or not.
-            last_line_at = now;
+            last_line_at = processed_at;
         }
+        // The partial-line clock measures the line now pending: it restarts whenever a line completes, so a busy
+        // sender whose reads end mid-line is never taken for a slowloris.
         partial_since = if buf.is_empty() && !decoder.is_discarding() {
             None
+        } else if n_completed > 0 {
+            Some(processed_at)
         } else {
-            Some(partial_since.unwrap_or(now))
+            Some(partial_since.unwrap_or(processed_at))
         };
         if !batch.is_empty() && now.duration_since(batch_started) >= config.flush_interval {
             flush(&mut batch, context).await;
@@ -289,13 +304,10 @@ fn log_rejected(reason: Invalid, line: &[u8], counts: &LineCounts, context: &Con
     if !context.registry.relay.invalid_line_log.allow() {
         return;
     }
+    // `escape_ascii` gives ASCII only, so any byte index is a char boundary.
     let mut escaped = line.escape_ascii().to_string();
     if escaped.len() > MAX_LOGGED_LINE_BYTES {
-        let mut end = MAX_LOGGED_LINE_BYTES;
-        while !escaped.is_char_boundary(end) {
-            end -= 1;
-        }
-        escaped.truncate(end);
+        escaped.truncate(MAX_LOGGED_LINE_BYTES - 3);
         escaped.push_str("...");
     }
     warn!(reason = reason.name(), line = %escaped, refused_in_read = counts.n_invalid(), "refused invalid line (sampled)");
@@ -303,13 +315,7 @@ fn log_rejected(reason: Invalid, line: &[u8], counts: &LineCounts, context: &Con
 
 async fn flush(batch: &mut BatchBuilder, context: &ConnectionContext) {
     if let Some(full) = batch.take() {
-        // The lines leave "inbound" as `dispatch` pushes them into the queues, before it paces the sender.
-        let n_lines = i64::from(full.n_lines());
-        context
-            .registry
-            .relay
-            .inbound_lines
-            .fetch_sub(n_lines, Ordering::Relaxed);
+        // `dispatch` takes the lines out of "inbound" once they are in the queues, before it paces the sender.
         context.router.dispatch(full).await;
     }
 }
@@ -451,6 +457,30 @@ mod tests {
         assert_eq!(queued_lines(&queue), 1);
         let partial_timeouts = &registry.relay.lines_invalid[Invalid::PartialTimeout as usize];
         assert_eq!(partial_timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sender_whose_reads_always_end_mid_line_is_not_taken_for_a_slowloris() {
+        // Regression: the partial-line clock kept the time of the first partial line while later lines completed,
+        // so a steady sender was cut off after `partial_line_timeout`.
+        let (context, queue) = context(ListenConfig::default());
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let connection = spawn(server, context);
+        client
+            .write_all(b"a.b 1 1700000000\nc.d 1 17")
+            .await
+            .unwrap();
+        for _ in 0..6 {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            client.write_all(b"00000000\nc.d 1 17").await.unwrap();
+        }
+        settle().await;
+        assert!(!connection.is_finished(), "closed a steady sender");
+        assert_eq!(queued_lines(&queue), 7);
+        client.write_all(b"00000000\n").await.unwrap();
+        drop(client);
+        assert_eq!(connection.await.unwrap().0, Closed::Eof);
+        assert_eq!(queued_lines(&queue), 8);
     }
 
     #[tokio::test(start_paused = true)]

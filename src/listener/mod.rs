@@ -46,6 +46,10 @@ pub async fn bind(address: &str, port: u16) -> anyhow::Result<TcpListener> {
         .await
         .with_context(|| format!("cannot resolve listen address {address}:{port}"))?
         .collect();
+    // IPv4 first, as Go's net.Listen does: `localhost` must mean 127.0.0.1, as for the seed, even where it also
+    // resolves to ::1.
+    let mut addresses = addresses;
+    addresses.sort_by_key(SocketAddr::is_ipv6);
     let mut last_error = None;
     for socket_address in addresses {
         match bind_one(socket_address) {

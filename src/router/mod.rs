@@ -73,13 +73,21 @@ impl Router {
         }
     }
 
-    /// The destination queues, in config order.
-    pub fn queues(&self) -> &[Arc<Queue>] {
-        &self.queues
-    }
-
     /// Hands a batch to every destination, then waits while no healthy destination wants more input.
     pub async fn dispatch(&self, batch: Batch) {
+        let n_lines = batch.n_lines();
+        self.dispatch_to_queues(batch).await;
+        // In the queues (or counted as dropped) now: no longer "inbound". Pacing comes after.
+        self.registry
+            .relay
+            .inbound_lines
+            .fetch_sub(i64::from(n_lines), Ordering::Relaxed);
+        if !self.queues.is_empty() {
+            self.pace().await;
+        }
+    }
+
+    async fn dispatch_to_queues(&self, batch: Batch) {
         if self.console_out {
             // The seed's debugging aid: a locked, blocking write to stdout is acceptable for it.
             let _ = std::io::stdout().lock().write_all(batch.bytes());
@@ -91,15 +99,12 @@ impl Router {
                 .fetch_add(u64::from(batch.n_lines()), Ordering::Relaxed);
             return;
         }
-        let mut any_blocked = false;
         for queue in &self.queues {
-            if let Pushed::Full(refused) = queue.push(batch.clone()) {
-                any_blocked = true;
-                self.push_blocking(queue, refused).await;
+            match queue.push(batch.clone()) {
+                Pushed::Full(refused) => self.push_blocking(queue, refused).await,
+                // Drops, and batches refused by a closed queue, are counted by the queue.
+                Pushed::Queued | Pushed::QueuedEvicting | Pushed::Dropped | Pushed::Closed => {}
             }
-        }
-        if !any_blocked {
-            self.pace().await;
         }
     }
 
@@ -117,7 +122,9 @@ impl Router {
             room.as_mut().enable();
             match queue.push(batch) {
                 Pushed::Full(refused) => batch = refused,
-                _ => return,
+                Pushed::Queued | Pushed::QueuedEvicting | Pushed::Dropped | Pushed::Closed => {
+                    return
+                }
             }
             tokio::select! {
                 () = self.stop.cancelled() => {

@@ -54,7 +54,8 @@ pub enum ReportLine {
     },
 }
 
-/// Logs a report every `interval` until `shutdown` is cancelled; an `interval` of zero disables it (returns at once).
+/// Logs a report every `interval` until `shutdown` is cancelled, then one last report for the time since the previous
+/// one (so losses at the end, during shutdown included, are logged too); an `interval` of zero disables it.
 ///
 /// The first report comes one interval after the start and covers that interval, as in the seed. Late ticks are
 /// delayed rather than bunched, so two reports are never closer than `interval`.
@@ -69,16 +70,26 @@ pub async fn run_log_ticker(
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut previous = registry.snapshot();
+    let mut previous_at = tokio::time::Instant::now();
     loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
+        let last = tokio::select! {
+            () = shutdown.cancelled() => true,
+            _ = ticker.tick() => false,
+        };
         let current = registry.snapshot();
-        for report_line in interval_report(&previous, &current, interval) {
+        let covered = if last {
+            previous_at.elapsed()
+        } else {
+            interval
+        };
+        for report_line in interval_report(&previous, &current, covered) {
             report_line.emit();
         }
+        if last {
+            return;
+        }
         previous = current;
+        previous_at = tokio::time::Instant::now();
     }
 }
 

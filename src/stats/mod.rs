@@ -55,17 +55,17 @@ pub struct Stats {
 /// Lets one event through per interval (one second), across threads; the rest are only counted elsewhere.
 #[derive(Debug, Default)]
 pub struct RateLimit {
-    /// Unix time in ms before which nothing more is let through.
+    /// Milliseconds since the process's first call before which nothing more is let through.
     next_allowed_ms: AtomicU64,
 }
 
 impl RateLimit {
     /// True for at most one caller per second.
     pub fn allow(&self) -> bool {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|elapsed| elapsed.as_millis() as u64)
-            .unwrap_or(0);
+        // A monotonic clock: a wall clock stepped back would silence the log for as long.
+        static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        let epoch = EPOCH.get_or_init(std::time::Instant::now);
+        let now_ms = epoch.elapsed().as_millis() as u64;
         let next_allowed_ms = self.next_allowed_ms.load(Ordering::Relaxed);
         now_ms >= next_allowed_ms
             && self
@@ -159,15 +159,6 @@ impl Stats {
                 counter.fetch_add(n, Ordering::Relaxed);
             }
         }
-    }
-
-    /// Lines rejected for any reason other than [`Invalid::Empty`].
-    pub fn lines_invalid_total(&self) -> u64 {
-        Invalid::ALL
-            .iter()
-            .filter(|&&reason| reason != Invalid::Empty)
-            .map(|&reason| self.lines_invalid[reason as usize].load(Ordering::Relaxed))
-            .sum()
     }
 }
 

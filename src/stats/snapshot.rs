@@ -118,7 +118,7 @@ impl ConnectionsSnapshot {
 }
 
 impl LinesSnapshot {
-    /// Lines rejected for any reason other than [`Invalid::Empty`], as [`Stats::lines_invalid_total`].
+    /// Lines rejected for any reason other than [`Invalid::Empty`].
     pub fn invalid_total(&self) -> u64 {
         Invalid::ALL
             .iter()

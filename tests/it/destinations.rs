@@ -222,3 +222,34 @@ async fn shutdown_counts_what_a_down_destination_never_took() {
     assert_eq!(down.queued_lines.load(Ordering::Relaxed), 0);
     assert_eq!(registry.destinations[1].dropped_total(), 0);
 }
+
+#[tokio::test]
+async fn a_destination_that_closes_every_connection_at_once_is_retried_with_growing_delays() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    let closer = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            drop(stream);
+        }
+    });
+    let mut config = support::config(&[address]);
+    config.destination.retry_interval = Duration::from_secs(5);
+    let started = tokio::time::Instant::now();
+    let relay = TestRelay::start(config).await;
+    let destination = relay.destination(0);
+    eventually("five connections", || {
+        destination.connects.load(Ordering::Relaxed) >= 5
+    })
+    .await;
+    // Delays of 100, 200, 400 and 800 ms, each with jitter down to half: at least 750 ms for the fifth connect.
+    // Without growth the fifth would come after about 200 ms.
+    assert!(
+        started.elapsed() >= Duration::from_millis(750),
+        "reconnected after {:?}",
+        started.elapsed()
+    );
+    relay.shutdown().await;
+    closer.abort();
+}
