@@ -594,7 +594,7 @@ mod tests {
         };
         let (context, queue) = context(config);
         let firehose = Firehose {
-            until: std::time::Instant::now() + Duration::from_millis(300),
+            until: std::time::Instant::now() + Duration::from_millis(600),
         };
         assert_eq!(
             handle(firehose, &context, &CancellationToken::new()).await,
