@@ -10,15 +10,8 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 out=${1:-$root/target/relaybench-$(date +%Y%m%d-%H%M%S).jsonl}
 rounds=${2:-5}
-bench=$root/../shared/relaybench
-
-cargo build --release --quiet
-# A copy, so that a rebuild during the run cannot change the binary under test.
-binary=$(mktemp -d)/polymur
-cp target/release/polymur "$binary"
-
-polymur="cmd:$binary -listen-addr 127.0.0.1 -listen-port {listen_port} -destinations {dest_addrs} -stats-addr 127.0.0.1:0"
-ccr="ccr:-w 2 -b 10000 -q 20000000"
+# shellcheck source=benches/relay/setup.sh
+source "$root/benches/relay/setup.sh"
 
 compare() {
   local label=$1

@@ -13,13 +13,8 @@ cd "$(dirname "$0")/../.."
 root=$(pwd)
 out=${1:-$root/target/scaling-$(date +%Y%m%d-%H%M%S).jsonl}
 rounds=${2:-3}
-bench=$root/../shared/relaybench
-
-cargo build --release --quiet
-binary=$(mktemp -d)/polymur
-cp target/release/polymur "$binary"
-polymur="cmd:$binary -listen-addr 127.0.0.1 -listen-port {listen_port} -destinations {dest_addrs} -stats-addr 127.0.0.1:0"
-ccr="ccr:-w 2 -b 10000 -q 20000000"
+# shellcheck source=benches/relay/setup.sh
+source "$root/benches/relay/setup.sh"
 
 # point LABEL LINES RELAYBENCH-ARGS...: one interleaved comparison per baseline.
 point() {

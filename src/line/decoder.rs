@@ -446,35 +446,7 @@ mod tests {
 
     use crate::line::Note;
 
-    /// Bytes that are mostly lines, valid or nearly so, with the awkward bytes mixed in.
-    fn stream() -> impl Strategy<Value = Vec<u8>> {
-        let piece = prop_oneof![
-            Just(&b"a.b"[..]),
-            Just(&b"servers.host01.cpu"[..]),
-            Just(&b" "[..]),
-            Just(&b" "[..]),
-            Just(&b"\t"[..]),
-            Just(&b"\n"[..]),
-            Just(&b"\n"[..]),
-            Just(&b"\r"[..]),
-            Just(&b"1"[..]),
-            Just(&b"1.5"[..]),
-            Just(&b"-1"[..]),
-            Just(&b"1700000000"[..]),
-            Just(&b"."[..]),
-            Just(&b";t=v"[..]),
-            Just(&b"inf"[..]),
-            Just(&b"nan"[..]),
-            Just("é".as_bytes()),
-            Just(&b"\0"[..]),
-            Just(&b"\xff"[..]),
-            Just(&b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"[..]),
-        ]
-        .prop_map(<[u8]>::to_vec);
-        let any_byte = any::<u8>().prop_map(|byte| vec![byte]);
-        prop::collection::vec(prop_oneof![4 => piece, 1 => any_byte], 0..120)
-            .prop_map(|pieces| pieces.concat())
-    }
+    use super::differential::pieces as stream;
 
     proptest! {
         #[test]

@@ -80,16 +80,7 @@ async fn an_idle_connection_is_closed_by_the_relay() {
     let mut config = support::config(&[sink.address()]);
     config.listen.idle_timeout = Duration::from_millis(200);
     let relay = TestRelay::start(config).await;
-    let mut stream = TcpStream::connect(relay.address()).await.expect("connect");
-    stream
-        .write_all(b"a.b 1 1700000000\n")
-        .await
-        .expect("write");
-    let mut buf = [0u8; 16];
-    let read = tokio::time::timeout(support::PATIENCE, stream.read(&mut buf))
-        .await
-        .expect("closed by the relay");
-    assert!(matches!(read, Ok(0)), "{read:?}");
+    send_and_wait_for_close(&relay, b"a.b 1 1700000000\n").await;
     assert_eq!(
         relay
             .handle
@@ -109,17 +100,19 @@ async fn a_slowloris_partial_line_is_dropped_and_its_connection_closed() {
     let mut config = support::config(&[sink.address()]);
     config.listen.partial_line_timeout = Duration::from_millis(200);
     let relay = TestRelay::start(config).await;
+    send_and_wait_for_close(&relay, b"a.b 1 1700000000\nslow").await;
+    assert_eq!(relay.invalid("partial_timeout"), 1);
+    eventually("the complete line arrives", || sink.n_lines() == 1).await;
+    relay.shutdown().await;
+}
+
+/// Connects, sends `bytes`, and waits until the relay closes the connection cleanly (EOF, not a reset or a hang).
+async fn send_and_wait_for_close(relay: &TestRelay, bytes: &[u8]) {
     let mut stream = TcpStream::connect(relay.address()).await.expect("connect");
-    stream
-        .write_all(b"a.b 1 1700000000\nslow")
-        .await
-        .expect("write");
+    stream.write_all(bytes).await.expect("write");
     let mut buf = [0u8; 16];
     let read = tokio::time::timeout(support::PATIENCE, stream.read(&mut buf))
         .await
         .expect("closed by the relay");
     assert!(matches!(read, Ok(0)), "{read:?}");
-    assert_eq!(relay.invalid("partial_timeout"), 1);
-    eventually("the complete line arrives", || sink.n_lines() == 1).await;
-    relay.shutdown().await;
 }

@@ -320,8 +320,9 @@ fn feed_strategy(max_input_len: usize) -> impl Strategy<Value = Feed> {
         })
 }
 
-/// Bytes that are mostly line pieces, with the awkward bytes mixed in and no structure.
-fn pieces() -> impl Strategy<Value = Vec<u8>> {
+/// Bytes that are mostly line pieces, with the awkward bytes mixed in and no structure. Also the input of the
+/// decoder's own proptests.
+pub(super) fn pieces() -> impl Strategy<Value = Vec<u8>> {
     let piece = prop_oneof![
         Just(&b"a.b"[..]),
         Just(&b"servers.host01.cpu"[..]),
