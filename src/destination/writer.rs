@@ -75,11 +75,8 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
         if queue.is_drained() {
             return;
         }
-        let connected = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            () = wait_drained(&queue) => return,
-            connected = connect(&settings) => connected,
+        let Some(connected) = unless_done(&queue, &stop, connect(&settings)).await else {
+            return;
         };
         let stream = match connected {
             Ok(stream) => stream,
@@ -91,12 +88,13 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
                     warn!(destination = %settings.address, error = %err, retry_in = ?delay, failures = n_failures, "cannot connect to destination");
                 }
                 was_connected = false;
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => return,
-                    () = wait_drained(&queue) => return,
-                    () = tokio::time::sleep(delay) => continue,
+                if unless_done(&queue, &stop, tokio::time::sleep(delay))
+                    .await
+                    .is_none()
+                {
+                    return;
                 }
+                continue;
             }
         };
         stats.connects.fetch_add(1, Ordering::Relaxed);
@@ -126,13 +124,29 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
                 }
                 let delay = backoff.next_delay();
                 warn!(destination = %settings.address, error = %err, retry_in = ?delay, "lost connection to destination, reconnecting");
-                tokio::select! {
-                    biased;
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
+                if unless_done(&queue, &stop, tokio::time::sleep(delay))
+                    .await
+                    .is_none()
+                {
+                    return;
                 }
             }
         }
+    }
+}
+
+/// Runs `work` unless the writer is told to stop or its queue is closed and drained first (then `None`): what the
+/// writer does while it is not connected (connecting, backing off).
+async fn unless_done<F: std::future::Future>(
+    queue: &Queue,
+    stop: &CancellationToken,
+    work: F,
+) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        () = stop.cancelled() => None,
+        () = wait_drained(queue) => None,
+        output = work => Some(output),
     }
 }
 
