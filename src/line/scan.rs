@@ -4,11 +4,12 @@
 //!
 //! A block's *events* are its bytes outside the path alphabet (spaces, LFs, tabs, CRs, `;`, NULs, non-ASCII, ...)
 //! and the second dot of every pair of dots. The common line `path value timestamp\n` has exactly three events, a
-//! space, a space and its LF, so walking a line costs three bit scans. The fixed test then needs only a few loads:
-//! the path is non-empty, within `max_path_bytes`, and neither starts nor ends with a dot; the whole line is within
-//! `max_line_bytes`; the value is at most 16 bytes of `-?[0-9]*(\.[0-9]*)?` with a digit; the timestamp is at most
-//! 16 digits within a year of now (so neither zero nor noted `ts_far`). Both fields are read as the 16 bytes that
-//! end at their delimiter, so a field in the first 16 bytes of the buffer fails the test.
+//! space, a space and its LF, so walking a line costs three bit scans. The fixed test then needs only bit operations
+//! and one load: the path is non-empty, within `max_path_bytes`, and neither starts nor ends with a dot; the whole
+//! line is within `max_line_bytes`; the value is at most 16 bytes of `-?[0-9]*(\.[0-9]*)?` with a digit and the
+//! timestamp at most 16 digits, both read off the digit, dot and minus bitmaps of the block and the one before it;
+//! the timestamp is not zero, and is compared with the year around now (a far one is forwarded with its `ts_far`
+//! note) as the 16 bytes that end at its LF, so a timestamp in the first 16 bytes of the buffer fails the test.
 //!
 //! Invariant: the test only ever says [`Line::AsIs`] for a line that `parse` forwards as-is with the same notes; anything
 //! else it is unsure about is [`Line::Check`], which the decoder gives to `parse`. The events before a line's start
@@ -91,6 +92,39 @@ pub(super) struct Scan<'a> {
     lfs: u64,
     /// 1 if the block's last byte is a dot, for a pair of dots across the boundary.
     dot_carry: u64,
+    /// The digits, dots and minus signs of the held block and of the one before it.
+    window: Window,
+    /// Bitmaps of the blocks that follow the held one, classified ahead: `ahead[next_ahead..n_ahead]`.
+    ahead: [Masks; AHEAD_BLOCKS],
+    next_ahead: usize,
+    n_ahead: usize,
+}
+
+/// Blocks classified in one go. 8 (512 bytes) measured best; what a scan stopped early by a full batch classified
+/// in vain is at most 7 blocks per batch.
+const AHEAD_BLOCKS: usize = 8;
+
+/// Bitmaps of two consecutive blocks, for the fixed test of a value and a timestamp, which may straddle them: bit
+/// `i` is `buf[base - 64 + i]`. The earlier block's half is zero after the scan's start or a jump (no line the scan
+/// tests starts before either).
+#[derive(Debug, Clone, Copy, Default)]
+struct Window {
+    digit: u128,
+    dot: u128,
+    minus: u128,
+}
+
+impl Window {
+    /// The window after moving on to `masks`' block: the held block's half becomes the earlier one, unless the new
+    /// block does not follow on from it.
+    fn advance(self, masks: &Masks, follows_on: bool) -> Window {
+        let earlier = |bits: u128| if follows_on { bits >> 64 } else { 0 };
+        Window {
+            digit: earlier(self.digit) | u128::from(masks.digit) << 64,
+            dot: earlier(self.dot) | u128::from(masks.dot) << 64,
+            minus: earlier(self.minus) | u128::from(masks.minus) << 64,
+        }
+    }
 }
 
 impl<'a> Scan<'a> {
@@ -109,6 +143,10 @@ impl<'a> Scan<'a> {
             events: 0,
             lfs: 0,
             dot_carry: 0,
+            window: Window::default(),
+            ahead: [Masks::default(); AHEAD_BLOCKS],
+            next_ahead: 0,
+            n_ahead: 0,
         };
         scan.load(start);
         scan
@@ -116,24 +154,26 @@ impl<'a> Scan<'a> {
 
     /// Classifies the block at `base`, which follows the held one or starts just after an LF (no dot carried).
     fn load(&mut self, base: usize) {
-        let masks = match self.buf.get(base..base + 64) {
-            Some(block) => self
-                .classifier
-                .classify(block.try_into().expect("a slice of 64 bytes")),
-            None => {
+        let follows_on = base == self.base + 64;
+        if !follows_on || self.next_ahead == self.n_ahead {
+            let rest = self.buf.get(base..).unwrap_or_default();
+            self.n_ahead = self.classifier.classify_blocks(rest, &mut self.ahead);
+            self.next_ahead = 0;
+        }
+        let masks = match self.ahead.get(self.next_ahead..self.n_ahead) {
+            Some([masks, ..]) => {
+                self.next_ahead += 1;
+                *masks
+            }
+            _ => {
                 // The last, short block: padded with NULs, which are outside the alphabet, so masked off again.
                 let tail = self.buf.get(base..).unwrap_or_default();
                 let mut block = [0u8; 64];
                 block[..tail.len()].copy_from_slice(tail);
-                let masks = self.classifier.classify(&block);
-                let in_buf = (1u64 << tail.len()) - 1;
-                Masks {
-                    outside: masks.outside & in_buf,
-                    lf: masks.lf & in_buf,
-                    dot: masks.dot & in_buf,
-                }
+                self.classifier.classify(&block).truncated(tail.len())
             }
         };
+        self.window = self.window.advance(&masks, follows_on);
         let second_dots = masks.dot & (masks.dot << 1 | self.dot_carry);
         self.dot_carry = masks.dot >> 63;
         self.events = masks.outside | second_dots;
@@ -182,16 +222,52 @@ impl<'a> Scan<'a> {
     fn as_is_notes(&self, start: usize, first: usize, second: usize, lf: usize) -> Option<Notes> {
         let buf = self.buf;
         let path_len = first - start;
+        let value_len = second - first - 1;
+        let timestamp_len = lf - second - 1;
         let plain = (1..=self.rules.max_path_bytes).contains(&path_len)
             && lf - start <= self.rules.max_line_bytes
+            && (1..=16).contains(&value_len)
+            && (1..=16).contains(&timestamp_len)
             && buf[start] != b'.'
-            && buf[first - 1] != b'.'
-            && value_is_plain(buf, first, second);
+            && buf[first - 1] != b'.';
         if !plain {
             return None;
         }
-        timestamp_notes(buf, second, lf, &self.rules)
+        // Both fields end in the held block (`lf` is in it) and are at most 33 bytes together, so they are in the
+        // window. Positions in the window:
+        let origin = self.base.wrapping_sub(64);
+        let value_at = first.wrapping_sub(origin) + 1;
+        let timestamp_at = second.wrapping_sub(origin) + 1;
+        let value = bits(value_at, value_len);
+        let timestamp = bits(timestamp_at, timestamp_len);
+        let window = &self.window;
+        if !value_is_plain(value, 1 << value_at, window) || timestamp & !window.digit != 0 {
+            return None;
+        }
+        timestamp_notes(buf, lf, timestamp_len, &self.rules)
     }
+}
+
+/// The bits `at..at + len` of a window (`at + len` below 128).
+#[inline(always)]
+fn bits(at: usize, len: usize) -> u128 {
+    (u128::MAX >> (128 - len)) << at
+}
+
+/// True when the value whose bytes are the bits `value` of `window` is one `parse` forwards with no note:
+/// `-?[0-9]*(\.[0-9]*)?` with at least one digit (its length, 1 to 16, is checked). `leading` is its first bit.
+///
+/// No `count_ones`: without `popcnt` in the x86_64 baseline it compiles to a dozen shifts and masks, which measured
+/// a third of this test. "At most one" is "clearing the lowest set bit leaves nothing".
+#[inline(always)]
+fn value_is_plain(value: u128, leading: u128, window: &Window) -> bool {
+    let digits = value & window.digit;
+    let dots = value & window.dot;
+    let minuses = value & window.minus;
+    value & !(digits | dots | minuses) == 0
+        && dots & dots.wrapping_sub(1) == 0
+        && minuses & !leading == 0
+        && digits != 0
 }
 
 impl Lines for Scan<'_> {
@@ -239,50 +315,13 @@ fn field(word: u128, len: usize) -> u128 {
     word & kept | lanes(b'0') & !kept
 }
 
-/// The high bit of each lane that is an ASCII digit, for lanes below 0x80 (so no addition carries into the next).
-fn digit_lanes(word: u128) -> u128 {
-    // A lane is at least `0` when adding 0x50 sets its high bit, and at most `9` when adding 0x46 does not.
-    word.wrapping_add(lanes(0x50)) & !word.wrapping_add(lanes(0x46)) & lanes(0x80)
-}
-
-/// The high bit of each lane equal to `byte`, exactly.
-fn lanes_equal(word: u128, byte: u8) -> u128 {
-    let diff = word ^ lanes(byte);
-    !((diff & lanes(0x7f)).wrapping_add(lanes(0x7f)) | diff | lanes(0x7f))
-}
-
-/// True when `buf[space..end]` (delimiters excluded) is a value `parse` forwards with no note: at most 16 bytes of
-/// `-?[0-9]*(\.[0-9]*)?` with at least one digit. Its bytes are known to be from the path alphabet, so ASCII.
-///
-/// No `count_ones`: without `popcnt` in the x86_64 baseline it compiles to a dozen shifts and masks per word, which
-/// measured a third of this test. "At most one" is "clearing the lowest set bit leaves nothing".
+/// For a timestamp of `len` (1 to 16) digits that ends at `lf`: `None` if it is zero, no note within a year of now,
+/// else `ts_far` (benchmark pools and replayed archives are far, and common). It is compared as the 16 bytes that end
+/// at `lf`, so a timestamp in the buffer's first 16 bytes is left to `parse`.
 #[inline(always)]
-fn value_is_plain(buf: &[u8], space: usize, end: usize) -> bool {
-    let len = end - space - 1;
-    let Some(word) = sixteen_before(buf, end).filter(|_| (1..=16).contains(&len)) else {
-        return false;
-    };
-    let in_field = lanes(0x80) & (u128::MAX >> (8 * (16 - len)));
-    let value = word & (u128::MAX >> (8 * (16 - len)));
-    let digits = digit_lanes(value) & in_field;
-    let dots = lanes_equal(value, b'.') & in_field;
-    let minuses = lanes_equal(value, b'-') & in_field;
-    let first_lane = 0x80u128 << (8 * (len - 1));
-    in_field & !(digits | dots | minuses) == 0
-        && dots & dots.wrapping_sub(1) == 0
-        && minuses & !first_lane == 0
-        && digits != 0
-}
-
-/// For `buf[space..lf]` (delimiters excluded) of 1 to 16 digits, not all zero: no note within a year of now, else
-/// `ts_far` (benchmark pools and replayed archives are far, and common). `None` for anything else. Its bytes are
-/// known to be from the path alphabet, so ASCII.
-#[inline(always)]
-fn timestamp_notes(buf: &[u8], space: usize, lf: usize, rules: &FastRules) -> Option<Notes> {
-    let len = lf - space - 1;
-    let word = sixteen_before(buf, lf).filter(|_| (1..=16).contains(&len))?;
-    let timestamp = field(word, len);
-    if digit_lanes(timestamp) != lanes(0x80) || timestamp == lanes(b'0') {
+fn timestamp_notes(buf: &[u8], lf: usize, len: usize, rules: &FastRules) -> Option<Notes> {
+    let timestamp = field(sixteen_before(buf, lf)?, len);
+    if timestamp == lanes(b'0') {
         return None;
     }
     if (rules.near_low..=rules.near_high).contains(&timestamp) {
