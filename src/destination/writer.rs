@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -27,7 +27,7 @@ use super::queue::Queue;
 use crate::batch::Batch;
 
 /// Bytes taken from the queue for one round of writes: large enough for few syscalls, small enough to stay in cache.
-const WRITE_CHUNK_BYTES: usize = 256 * 1024;
+pub const WRITE_CHUNK_BYTES: usize = 256 * 1024;
 
 /// First reconnect delay; doubles up to `retry_interval`.
 const BACKOFF_BASE: Duration = Duration::from_millis(100);
@@ -249,9 +249,14 @@ async fn peer_closed(stream: &TcpStream) -> io::Error {
 }
 
 /// Writes every byte of `batches` with vectored writes; each write that makes no progress within `write_timeout`
-/// fails with `TimedOut`. `write_all` semantics: a short write continues where it stopped.
-async fn write_all_batches(
-    stream: &mut TcpStream,
+/// fails with `TimedOut`. `write_all` semantics: a short write continues where it stopped. Public, and generic over
+/// the stream, for the bench of what the writer costs per batch.
+///
+/// # Errors
+///
+/// The stream's write error, `TimedOut`, or `WriteZero` when the stream accepts no bytes.
+pub async fn write_all_batches<W: AsyncWrite + Unpin>(
+    stream: &mut W,
     batches: &[Batch],
     write_timeout: Duration,
 ) -> io::Result<()> {
