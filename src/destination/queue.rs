@@ -26,9 +26,12 @@ use crate::stats::{DestinationStats, DropReason};
 pub const PRIORITY_MAX_BYTES: usize = 1024 * 1024;
 
 /// Most bytes a healthy destination may lag before it makes senders wait (see `router`); a quarter of the queue's
-/// byte bound if that is less. Large enough that destinations of about the same speed never hold each other up
-/// through scheduling jitter, small enough to keep memory low when every destination is slower than the input.
-pub const HOLD_MAX_BYTES: usize = 8 * 1024 * 1024;
+/// byte bound if that is less. Large enough that destinations of about the same speed do not hold each other up
+/// through scheduling jitter (a millisecond of traffic at 15 M lines/s), small enough that a batch is still in the
+/// CPU's cache when the writer hands it to the kernel: when the sink is the slower side the queue sits at this level,
+/// and against 8 MiB, 1 MiB measured 0.96x the relay's CPU forwarding to one destination and 0.82x fanning out to
+/// three, at the same throughput and half the RSS.
+pub const HOLD_MAX_BYTES: usize = 1024 * 1024;
 
 /// A destination that has made no write progress for this long does not pace senders (it is down or stalled).
 pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
