@@ -3,8 +3,9 @@
 //!
 //! Run with `cargo bench --bench decoder -- --warm-up-time 1 --measurement-time 3`.
 //!
-//! Two inputs: every line already in normal form (the common case, copied in runs), and one in ten needing a
-//! rewrite (tabs, CRLF, characters to sanitise). The batch is taken whenever it is full and the unconsumed rest is
+//! Three inputs: every line already in normal form (the common case, copied in runs), the same with timestamps two
+//! years old (forwarded with a `ts_far` note, as in the relaybench pool), and one line in ten needing a rewrite
+//! (tabs, CRLF, characters to sanitise). The batch is taken whenever it is full and the unconsumed rest is
 //! presented again, as the connection does, so batch handling is part of the figure. The number of lines of each
 //! input is printed, to turn the time per iteration into nanoseconds per line.
 
@@ -30,9 +31,21 @@ fn rules() -> Rules {
     }
 }
 
-/// About 1 MiB of lines like `servers.fra2.host01234.disk.sda.read_bytes 812.07 1700000120`; every tenth line needs
-/// a rewrite when `rewrite_every_tenth` is set. Returns the bytes and the number of lines.
-fn input(rewrite_every_tenth: bool) -> (Vec<u8>, usize) {
+/// The three inputs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Input {
+    /// Every line already normal, timestamps within a year of now: live traffic.
+    AsIs,
+    /// The same with timestamps two years old, forwarded with their `ts_far` note: the relaybench pool (2023) and
+    /// replayed archives.
+    AsIsFar,
+    /// One line in ten needing a rewrite.
+    Rewrite,
+}
+
+/// About 1 MiB of lines like `servers.fra2.host01234.disk.sda.read_bytes 812.07 1700000120`. Returns the bytes and
+/// the number of lines.
+fn input(kind: Input) -> (Vec<u8>, usize) {
     const METRICS: [&str; 5] = [
         "disk.sda.read_bytes",
         "cpu.user",
@@ -46,7 +59,11 @@ fn input(rewrite_every_tenth: bool) -> (Vec<u8>, usize) {
         let host = n_lines % 5000;
         let metric = METRICS[n_lines % METRICS.len()];
         let value = (n_lines * 7919) % 100_000;
-        let timestamp = 1_700_000_000 + n_lines / 1000;
+        let timestamp = match kind {
+            Input::AsIsFar => NOW_SECS - 2 * 365 * 86_400,
+            Input::AsIs | Input::Rewrite => NOW_SECS,
+        } + (n_lines / 1000) as i64;
+        let rewrite_every_tenth = kind == Input::Rewrite;
         let line = match (rewrite_every_tenth, n_lines % 30) {
             (true, 0) => format!("servers.fra2.host{host:05}.{metric}\t{value}.07\t{timestamp}\n"),
             (true, 10) => format!("servers.fra2.host{host:05}.{metric} {value}.07 {timestamp}\r\n"),
@@ -100,8 +117,12 @@ fn decode_all(input: &[u8], scan: Scan) -> u64 {
 
 fn decoder(c: &mut Criterion) {
     let mut group = c.benchmark_group("decoder");
-    for (name, rewrite_every_tenth) in [("as_is", false), ("rewrite_10pct", true)] {
-        let (input, n_lines) = input(rewrite_every_tenth);
+    for (name, kind) in [
+        ("as_is", Input::AsIs),
+        ("as_is_ts_far", Input::AsIsFar),
+        ("rewrite_10pct", Input::Rewrite),
+    ] {
+        let (input, n_lines) = input(kind);
         println!("{name}: {n_lines} lines, {} bytes", input.len());
         group.throughput(Throughput::Bytes(input.len() as u64));
         for (scan_name, scan) in [("plain", Scan::Plain), ("fast", Scan::Fast)] {

@@ -25,7 +25,7 @@ use std::ops::Range;
 
 use super::classify::Classifier;
 use super::scan::{FastRules, Line, Lines, PlainLines, Scan};
-use super::{parse, write_normal, Invalid, LineCounts, Rules};
+use super::{parse, write_normal, Invalid, LineCounts, Note, Rules};
 use crate::batch::BatchBuilder;
 
 /// Splits a connection's byte stream into lines and validates them; one per connection.
@@ -136,6 +136,9 @@ impl Decoder {
         let mut run_lines = 0u32;
         let mut room_bytes = batch.remaining_bytes();
         let mut room_lines = batch.remaining_lines();
+        // The lines the scan knows as-is, counted in registers and added to `counts` once at the end.
+        let mut n_as_is = 0u64;
+        let mut n_as_is_far = 0u64;
         loop {
             if run_lines > 0 && (pos - run_start >= room_bytes || run_lines >= room_lines) {
                 batch.push_lines(&buf[run_start..pos], run_lines);
@@ -162,8 +165,9 @@ impl Decoder {
                 break;
             };
             let line_end = match found {
-                Line::AsIs { lf, notes } => {
-                    counts.add_valid(notes);
+                Line::AsIs { lf, far } => {
+                    n_as_is += 1;
+                    n_as_is_far += u64::from(far);
                     run_lines += 1;
                     pos = lf + 1;
                     continue;
@@ -214,6 +218,8 @@ impl Decoder {
         if run_lines > 0 {
             batch.push_lines(&buf[run_start..pos], run_lines);
         }
+        counts.valid += n_as_is;
+        counts.notes[Note::TsFar as usize] += n_as_is_far;
         pos
     }
 

@@ -16,13 +16,13 @@
 //! have all been consumed, so the first event popped for a line is its first byte outside the alphabet.
 
 use super::classify::{Classifier, Masks};
-use super::{Note, Notes, Rules, TS_FAR_SECS};
+use super::{Rules, TS_FAR_SECS};
 
 /// A complete line found by [`Lines::next_line`]: where its LF is, and whether it must go through `parse`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Line {
-    /// Already in normal form; forwarded as-is without `parse`, with `notes` (at most `ts_far`).
-    AsIs { lf: usize, notes: Notes },
+    /// Already in normal form; forwarded as-is without `parse`, with no note but `ts_far` when `far`.
+    AsIs { lf: usize, far: bool },
     /// Anything else: `parse` decides.
     Check { lf: usize },
 }
@@ -216,10 +216,10 @@ impl<'a> Scan<'a> {
         Some(lf)
     }
 
-    /// The fixed test for a line `buf[start..lf]` whose only events are spaces at `first` and `second`: its notes if
-    /// it is as-is, `None` if `parse` must decide.
+    /// The fixed test for a line `buf[start..lf]` whose only events are spaces at `first` and `second`: whether its
+    /// timestamp is `ts_far` if it is as-is, `None` if `parse` must decide.
     #[inline(always)]
-    fn as_is_notes(&self, start: usize, first: usize, second: usize, lf: usize) -> Option<Notes> {
+    fn as_is_far(&self, start: usize, first: usize, second: usize, lf: usize) -> Option<bool> {
         let buf = self.buf;
         let path_len = first - start;
         let value_len = second - first - 1;
@@ -244,7 +244,7 @@ impl<'a> Scan<'a> {
         if !value_is_plain(value, 1 << value_at, window) || timestamp & !window.digit != 0 {
             return None;
         }
-        timestamp_notes(buf, lf, timestamp_len, &self.rules)
+        timestamp_far(buf, lf, timestamp_len, &self.rules)
     }
 }
 
@@ -286,8 +286,8 @@ impl Lines for Scan<'_> {
         if self.buf[third] != b'\n' {
             return self.lf_from(third).map(|lf| Line::Check { lf });
         }
-        Some(match self.as_is_notes(start, first, second, third) {
-            Some(notes) => Line::AsIs { lf: third, notes },
+        Some(match self.as_is_far(start, first, second, third) {
+            Some(far) => Line::AsIs { lf: third, far },
             None => Line::Check { lf: third },
         })
     }
@@ -319,18 +319,12 @@ fn field(word: u128, len: usize) -> u128 {
 /// else `ts_far` (benchmark pools and replayed archives are far, and common). It is compared as the 16 bytes that end
 /// at `lf`, so a timestamp in the buffer's first 16 bytes is left to `parse`.
 #[inline(always)]
-fn timestamp_notes(buf: &[u8], lf: usize, len: usize, rules: &FastRules) -> Option<Notes> {
+fn timestamp_far(buf: &[u8], lf: usize, len: usize, rules: &FastRules) -> Option<bool> {
     let timestamp = field(sixteen_before(buf, lf)?, len);
     if timestamp == lanes(b'0') {
         return None;
     }
-    if (rules.near_low..=rules.near_high).contains(&timestamp) {
-        Some(Notes::NONE)
-    } else {
-        let mut notes = Notes::NONE;
-        notes.insert(Note::TsFar);
-        Some(notes)
-    }
+    Some(!(rules.near_low..=rules.near_high).contains(&timestamp))
 }
 
 #[cfg(test)]
@@ -339,7 +333,7 @@ mod tests {
 
     use super::*;
     use crate::config::PathPolicy;
-    use crate::line::{check, Valid};
+    use crate::line::{check, Note, Notes, Valid};
 
     const NOW_SECS: i64 = 1_700_000_000;
 
@@ -377,18 +371,9 @@ mod tests {
         assert_eq!(
             verdicts(buf),
             [
-                Line::AsIs {
-                    lf: 36,
-                    notes: Notes::NONE
-                },
-                Line::AsIs {
-                    lf: 51,
-                    notes: Notes::NONE
-                },
-                Line::AsIs {
-                    lf: 69,
-                    notes: Notes::NONE
-                }
+                Line::AsIs { lf: 36, far: false },
+                Line::AsIs { lf: 51, far: false },
+                Line::AsIs { lf: 69, far: false }
             ]
         );
     }
@@ -433,7 +418,11 @@ mod tests {
             let full = check(&line[..line.len() - 1], &rules(), &mut bytes::BytesMut::new());
             let fast = timestamp.len() <= 16 && secs > 0;
             prop_assert_eq!(matches!(verdict, Line::AsIs { .. }), fast, "{:?}", full);
-            if let Line::AsIs { notes, .. } = verdict {
+            if let Line::AsIs { far, .. } = verdict {
+                let mut notes = Notes::NONE;
+                if far {
+                    notes.insert(Note::TsFar);
+                }
                 // Exactly what the full check says, `ts_far` included.
                 prop_assert_eq!(full, Ok(Valid::AsIs(notes)));
                 let far = secs.abs_diff(NOW_SECS as u64) > TS_FAR_SECS;
