@@ -85,6 +85,11 @@ pub struct ListenConfig {
     /// reads fill it, and shrinks back when the connection is mostly idle, so only busy senders hold large buffers.
     /// Default 256 KiB (0.91x the CPU of 64 KiB at full speed). Must exceed `line.max_line_bytes`.
     pub read_buffer_bytes: usize,
+    /// Bytes that the read buffers of all connections together may grow by beyond their initial size. Default
+    /// 32 MiB: 130 connections at the largest buffer, while every other busy connection reads in its initial size
+    /// (`max_line_bytes` + 16 KiB). It bounds the memory of thousands of busy connections; `0` keeps every buffer at
+    /// its initial size.
+    pub read_buffer_budget_bytes: usize,
     /// A batch is handed to the destinations when it holds this many lines. Default `4096`, so in practice
     /// `batch_max_bytes` decides under load. Lower it only to trade throughput for latency.
     pub batch_lines: usize,
@@ -226,6 +231,7 @@ impl Default for ListenConfig {
             idle_timeout: Duration::from_secs(600),
             partial_line_timeout: Duration::from_secs(30),
             read_buffer_bytes: 256 * 1024,
+            read_buffer_budget_bytes: 32 * 1024 * 1024,
             batch_lines: 4096,
             batch_max_bytes: 16 * 1024,
             flush_interval: Duration::from_secs(5),

@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::destination::{Destination, Queue};
 use crate::http;
 use crate::line::Rules;
-use crate::listener::{self, ConnectionContext};
+use crate::listener::{self, ConnectionContext, ReadBufferBudget};
 use crate::router::Router;
 use crate::stats::{self, DropReason, Registry};
 
@@ -120,6 +120,9 @@ impl Relay {
             rules: Rules::from_config(&config.line),
             router: Arc::clone(&router),
             registry: Arc::clone(&registry),
+            read_buffer_budget: Arc::new(ReadBufferBudget::new(
+                config.listen.read_buffer_budget_bytes,
+            )),
         });
         let connections = TaskTracker::new();
         let edge_tasks = TaskTracker::new();

@@ -6,12 +6,13 @@
 //! `flush_interval`.
 //!
 //! Invariants: memory per connection is bounded by `read_buffer_bytes` plus one batch, whatever the client sends
-//! (over-long lines are skipped, not buffered); nothing a client sends can panic the handler or stall another
+//! (over-long lines are skipped, not buffered), and what read buffers grow by beyond their initial size is bounded
+//! for all connections together by `read_buffer_budget_bytes`; nothing a client sends can panic the handler or stall another
 //! connection; every byte read ends up in a forwarded line or a counted rejection.
 
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -56,6 +57,44 @@ pub struct ConnectionContext {
     pub router: Arc<Router>,
     /// Counters.
     pub registry: Arc<Registry>,
+    /// What read buffers may still grow by, shared by every connection.
+    pub read_buffer_budget: Arc<ReadBufferBudget>,
+}
+
+/// Bytes the read buffers of all connections may grow by, together, beyond their initial size: the
+/// `listen.read_buffer_budget_bytes` left. Without it, a thousand busy connections would each hold the largest
+/// buffer (256 MiB at the defaults, 2.5 GiB at `max_connections`); with it, the first busy connections get large
+/// reads and the others read in their initial size.
+#[derive(Debug)]
+pub struct ReadBufferBudget {
+    available: AtomicUsize,
+}
+
+impl ReadBufferBudget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> ReadBufferBudget {
+        ReadBufferBudget {
+            available: AtomicUsize::new(bytes),
+        }
+    }
+
+    /// Bytes not taken by any connection.
+    pub fn available(&self) -> usize {
+        self.available.load(Ordering::Relaxed)
+    }
+
+    /// Takes `bytes` if that many are left.
+    fn take(&self, bytes: usize) -> bool {
+        self.available
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |available| {
+                available.checked_sub(bytes)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.available.fetch_add(bytes, Ordering::Relaxed);
+    }
 }
 
 /// Reads `reader` until EOF, a timeout, an error or shutdown, forwarding every valid line.
@@ -66,8 +105,11 @@ pub async fn handle<R: AsyncRead + Unpin>(
 ) -> Closed {
     let config = &context.config;
     let stats = &context.registry.relay;
-    let mut read_buffer =
-        ReadBufferSize::new(config.read_buffer_bytes, context.rules.max_line_bytes);
+    let mut read_buffer = ReadBufferSize::new(
+        config.read_buffer_bytes,
+        context.rules.max_line_bytes,
+        &context.read_buffer_budget,
+    );
     let mut buf: Vec<u8> = Vec::with_capacity(read_buffer.target);
     let mut decoder = Decoder::new(context.rules);
     let mut batch = BatchBuilder::new(config.batch_lines, config.batch_max_bytes);
@@ -237,17 +279,20 @@ fn publish(counts: &mut LineCounts, context: &ConnectionContext) {
 }
 
 /// How a connection's read buffer grows and shrinks: it starts small, doubles up to `listen.read_buffer_bytes` while
-/// reads fill it (a busy sender: large reads save syscalls, measured 0.91x CPU at 256 KiB against 64 KiB), and
-/// drops back to its initial size before waiting when the connection's previous wait was long (a sender that writes
-/// now and then, such as collectd: thousands of them must not each hold a large buffer).
+/// reads fill it (a busy sender: large reads save syscalls, measured 0.91x CPU at 256 KiB against 64 KiB) and the
+/// shared [`ReadBufferBudget`] has room, and drops back to its initial size before waiting when the connection's
+/// previous wait was long (a sender that writes now and then, such as collectd: thousands of them must not each hold
+/// a large buffer). What it grew by goes back to the budget when it shrinks or the connection ends.
 #[derive(Debug)]
-struct ReadBufferSize {
+struct ReadBufferSize<'a> {
     /// Capacity to keep available for reads.
     target: usize,
     initial: usize,
     max: usize,
     /// True when the last wait for data lasted at least [`IDLE_WAIT`].
     was_idle: bool,
+    /// Holds `target - initial` of it.
+    budget: &'a ReadBufferBudget,
 }
 
 /// A wait for data at least this long marks a connection as mostly idle.
@@ -256,8 +301,8 @@ const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// Free room a read buffer starts with beyond the longest partial line it may have to keep.
 const INITIAL_READ_ROOM: usize = 16 * 1024;
 
-impl ReadBufferSize {
-    fn new(max: usize, max_line_bytes: usize) -> ReadBufferSize {
+impl<'a> ReadBufferSize<'a> {
+    fn new(max: usize, max_line_bytes: usize, budget: &'a ReadBufferBudget) -> ReadBufferSize<'a> {
         // Room for the longest partial line the decoder keeps, plus room to read more after it.
         let initial = (max_line_bytes + 1 + INITIAL_READ_ROOM).min(max);
         ReadBufferSize {
@@ -265,6 +310,7 @@ impl ReadBufferSize {
             initial,
             max,
             was_idle: false,
+            budget,
         }
     }
 
@@ -278,7 +324,10 @@ impl ReadBufferSize {
     /// A read that filled all the room it had means more is waiting: grow.
     fn after_read(&mut self, n_read: usize, spare: usize) {
         if n_read == spare && self.target < self.max {
-            self.target = (self.target * 2).min(self.max);
+            let grown = (self.target * 2).min(self.max);
+            if self.budget.take(grown - self.target) {
+                self.target = grown;
+            }
         }
     }
 
@@ -287,12 +336,23 @@ impl ReadBufferSize {
     fn before_wait(&mut self, buf: &mut Vec<u8>) {
         if self.was_idle && buf.is_empty() && buf.capacity() > self.initial {
             *buf = Vec::with_capacity(self.initial);
-            self.target = self.initial;
+            self.shrink();
         }
+    }
+
+    fn shrink(&mut self) {
+        self.budget.give_back(self.target - self.initial);
+        self.target = self.initial;
     }
 
     fn after_wait(&mut self, waited: Duration) {
         self.was_idle = waited >= IDLE_WAIT;
+    }
+}
+
+impl Drop for ReadBufferSize<'_> {
+    fn drop(&mut self) {
+        self.shrink();
     }
 }
 
@@ -372,6 +432,7 @@ mod tests {
             rules: Rules::from_config(&LineConfig::default()),
             router: Arc::new(router),
             registry,
+            read_buffer_budget: Arc::new(ReadBufferBudget::new(64 << 20)),
         };
         (context, queue)
     }
@@ -527,7 +588,8 @@ mod tests {
 
     #[test]
     fn a_read_buffer_doubles_while_reads_fill_it_and_shrinks_after_an_idle_wait() {
-        let mut size = ReadBufferSize::new(256 * 1024, 16 * 1024);
+        let budget = ReadBufferBudget::new(1 << 20);
+        let mut size = ReadBufferSize::new(256 * 1024, 16 * 1024, &budget);
         let initial = 16 * 1024 + 1 + INITIAL_READ_ROOM;
         assert_eq!(size.target, initial);
         size.after_read(100, initial);
@@ -564,6 +626,40 @@ mod tests {
             buf.capacity() < 256 * 1024,
             "an idle connection gives its large buffer back"
         );
+        assert_eq!(budget.available(), 1 << 20, "what it grew by went back");
+    }
+
+    #[test]
+    fn read_buffers_grow_only_by_what_the_shared_budget_has_left() {
+        let initial = 16 * 1024 + 1 + INITIAL_READ_ROOM;
+        let budget = ReadBufferBudget::new(256 * 1024 - initial);
+        let fill = |size: &mut ReadBufferSize| {
+            for _ in 0..10 {
+                let target = size.target;
+                size.after_read(target, target);
+            }
+        };
+        let mut first = ReadBufferSize::new(256 * 1024, 16 * 1024, &budget);
+        fill(&mut first);
+        assert_eq!(
+            first.target,
+            256 * 1024,
+            "the first busy connection grows fully"
+        );
+        assert_eq!(budget.available(), 0);
+
+        let mut second = ReadBufferSize::new(256 * 1024, 16 * 1024, &budget);
+        fill(&mut second);
+        assert_eq!(second.target, initial, "nothing was left for the second");
+
+        drop(first);
+        assert_eq!(
+            budget.available(),
+            256 * 1024 - initial,
+            "a closed connection gives back"
+        );
+        fill(&mut second);
+        assert_eq!(second.target, 256 * 1024);
     }
 
     /// A client that always has another line ready, until a deadline in real time.

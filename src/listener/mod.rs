@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-pub use connection::{Closed, ConnectionContext};
+pub use connection::{Closed, ConnectionContext, ReadBufferBudget};
 
 /// Pending connections the kernel may hold for us: thousands of collectd hosts reconnect at once after a restart.
 const LISTEN_BACKLOG: i32 = 4096;
