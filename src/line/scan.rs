@@ -114,7 +114,25 @@ struct Window {
     minus: u128,
 }
 
+/// 64 bits of a [`Window`] from some position on.
+#[derive(Debug, Clone, Copy)]
+struct Fields {
+    digit: u64,
+    dot: u64,
+    minus: u64,
+}
+
 impl Window {
+    /// The 64 bits from `at` (below 128) on; bits past the window's end are zero.
+    #[inline(always)]
+    fn from(&self, at: usize) -> Fields {
+        Fields {
+            digit: (self.digit >> at) as u64,
+            dot: (self.dot >> at) as u64,
+            minus: (self.minus >> at) as u64,
+        }
+    }
+
     /// The window after moving on to `masks`' block: the held block's half becomes the earlier one, unless the new
     /// block does not follow on from it.
     fn advance(self, masks: &Masks, follows_on: bool) -> Window {
@@ -233,40 +251,39 @@ impl<'a> Scan<'a> {
         if !plain {
             return None;
         }
-        // Both fields end in the held block (`lf` is in it) and are at most 33 bytes together, so they are in the
-        // window. Positions in the window:
-        let origin = self.base.wrapping_sub(64);
-        let value_at = first.wrapping_sub(origin) + 1;
-        let timestamp_at = second.wrapping_sub(origin) + 1;
-        let value = bits(value_at, value_len);
-        let timestamp = bits(timestamp_at, timestamp_len);
-        let window = &self.window;
-        if !value_is_plain(value, 1 << value_at, window) || timestamp & !window.digit != 0 {
+        // Both fields end in the held block (`lf` is in it) and are at most 34 bytes with their delimiters, so they
+        // are in the window; its bits from `first` on, one shift per bitmap, hold them. Bit 0 is the first space.
+        let fields = self
+            .window
+            .from(first.wrapping_sub(self.base.wrapping_sub(64)));
+        let value = low_bits(value_len) << 1;
+        let timestamp = low_bits(timestamp_len) << (value_len + 2);
+        if !value_is_plain(value, &fields) || timestamp & !fields.digit != 0 {
             return None;
         }
         timestamp_far(buf, lf, timestamp_len, &self.rules)
     }
 }
 
-/// The bits `at..at + len` of a window (`at + len` below 128).
+/// The low `len` bits (`len` 1 to 63).
 #[inline(always)]
-fn bits(at: usize, len: usize) -> u128 {
-    (u128::MAX >> (128 - len)) << at
+fn low_bits(len: usize) -> u64 {
+    u64::MAX >> (64 - len)
 }
 
-/// True when the value whose bytes are the bits `value` of `window` is one `parse` forwards with no note:
-/// `-?[0-9]*(\.[0-9]*)?` with at least one digit (its length, 1 to 16, is checked). `leading` is its first bit.
+/// True when the value whose bytes are the bits `value` of `fields` (bit 0 the space before it) is one `parse`
+/// forwards with no note: `-?[0-9]*(\.[0-9]*)?` with at least one digit (its length, 1 to 16, is checked).
 ///
 /// No `count_ones`: without `popcnt` in the x86_64 baseline it compiles to a dozen shifts and masks, which measured
 /// a third of this test. "At most one" is "clearing the lowest set bit leaves nothing".
 #[inline(always)]
-fn value_is_plain(value: u128, leading: u128, window: &Window) -> bool {
-    let digits = value & window.digit;
-    let dots = value & window.dot;
-    let minuses = value & window.minus;
+fn value_is_plain(value: u64, fields: &Fields) -> bool {
+    let digits = value & fields.digit;
+    let dots = value & fields.dot;
+    let minuses = value & fields.minus;
     value & !(digits | dots | minuses) == 0
         && dots & dots.wrapping_sub(1) == 0
-        && minuses & !leading == 0
+        && minuses & !0b10 == 0
         && digits != 0
 }
 
