@@ -144,9 +144,15 @@ impl Router {
             if self.draining.is_cancelled() {
                 return;
             }
+            // Nearly every call returns here: check before registering with the shared notifier, whose waiter list
+            // is locked by every connection that registers.
+            if !self.queues.iter().any(|queue| queue.holds_senders()) {
+                return;
+            }
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
+            // Again, now that a wake-up cannot be missed.
             if !self.queues.iter().any(|queue| queue.holds_senders()) {
                 return;
             }
