@@ -86,7 +86,7 @@ pub struct ListenConfig {
     /// Default 256 KiB (0.91x the CPU of 64 KiB at full speed). Must exceed `line.max_line_bytes`.
     pub read_buffer_bytes: usize,
     /// Bytes that the read buffers of all connections together may grow by beyond their initial size. Default
-    /// 32 MiB: 130 connections at the largest buffer, while every other busy connection reads in its initial size
+    /// 32 MiB: 146 connections grown to the largest buffer, while every other busy connection reads in its initial size
     /// (`max_line_bytes` + 16 KiB). It bounds the memory of thousands of busy connections; `0` keeps every buffer at
     /// its initial size.
     pub read_buffer_budget_bytes: usize,

@@ -9,9 +9,11 @@
 # "conns dests line_bytes") picks the curves. A point that fails (carbon-c-relay with 5,000 connections does) is
 # recorded as failed and the run goes on.
 set -euo pipefail
+# The results file is named from where the script is called; the runs happen in ../shared/relaybench.
+given_out=${1:+$(realpath -m "$1")}
 cd "$(dirname "$0")/../.."
 root=$(pwd)
-out=${1:-$root/target/scaling-$(date +%Y%m%d-%H%M%S).jsonl}
+out=${given_out:-$root/target/scaling-$(date +%Y%m%d-%H%M%S).jsonl}
 rounds=${2:-3}
 # shellcheck source=benches/relay/setup.sh
 source "$root/benches/relay/setup.sh"

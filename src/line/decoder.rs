@@ -14,12 +14,14 @@
 //!
 //! [`Decoder::decode`] finds lines with the fast scan of `scan`: the buffer is classified 64 bytes at a
 //! time into bitmaps with SIMD (`classify`), lines are walked through the bit positions, and the common
-//! line (`path value timestamp` with single spaces, a clean path, a plain decimal value, an integer timestamp within
-//! a year) is known to be as-is from a short fixed test. Every other line goes to the full check (`parse`), as before.
+//! line (`path value timestamp` with single spaces, a clean path, a plain decimal value, a non-zero integer
+//! timestamp, noted `ts_far` when more than a year from now) is known to be as-is from a short fixed test. Every
+//! other line goes to the full check (`parse`), as before.
 //! [`Decoder::decode_plain`] is the line-by-line reference: one `memchr` and one `parse` per line. Both share the
 //! loop that builds runs and fills the batch, and must give byte-identical batches, counts, consumed lengths,
 //! rejected samples and discard state on any input split anywhere; a differential test holds them to it. That
-//! works because the fast test only ever says as-is for a line `parse` forwards as-is with no note.
+//! works because the fast test only ever says as-is for a line `parse` forwards as-is, with no note but the same
+//! `ts_far`.
 
 use std::ops::Range;
 

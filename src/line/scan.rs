@@ -100,8 +100,9 @@ pub(super) struct Scan<'a> {
     n_ahead: usize,
 }
 
-/// Blocks classified in one go. 8 (512 bytes) measured best; what a scan stopped early by a full batch classified
-/// in vain is at most 7 blocks per batch.
+/// Blocks classified in one go while the scan moves from block to block. 8 (512 bytes) measured best. A scan that
+/// jumps (an odd line whose LF is past the next block) or stops early (a full batch) classified at most 7 in vain,
+/// so after a jump only the block it lands in is classified, and classifying ahead starts again from the next.
 const AHEAD_BLOCKS: usize = 8;
 
 /// Bitmaps of two consecutive blocks, for the fixed test of a value and a timestamp, which may straddle them: bit
@@ -175,6 +176,12 @@ impl<'a> Scan<'a> {
         let follows_on = base == self.base + 64;
         if !follows_on || self.next_ahead == self.n_ahead {
             let rest = self.buf.get(base..).unwrap_or_default();
+            // After a jump, only the block landed in: the next odd line may jump again.
+            let rest = if follows_on {
+                rest
+            } else {
+                &rest[..rest.len().min(64)]
+            };
             self.n_ahead = self.classifier.classify_blocks(rest, &mut self.ahead);
             self.next_ahead = 0;
         }

@@ -6,7 +6,7 @@
 //!
 //! It also paces senders, so that healthy destinations lose nothing to a sender faster than they are: after handing
 //! over a batch, a connection waits while some destination [`Queue::holds_senders`] (it is healthy, i.e. connected
-//! and writing, and lags by more than a few MiB). Destinations of about the same speed therefore never lose lines
+//! and writing, and lags by more than `HOLD_MAX_BYTES`, 1 MiB). Destinations of about the same speed therefore never lose lines
 //! to each other's jitter. A destination that holds senders for `PACE_TIMEOUT` while another one starves is much
 //! slower than the rest: it stops pacing and lags, within its queue's bounds, until it catches up. A down or stalled
 //! destination (not healthy) never makes senders wait, and a slow one costs the others one `PACE_TIMEOUT`. When
