@@ -6,15 +6,8 @@
 #   benches/relay/defaults.sh [OUT.jsonl] [ROUNDS]
 #
 # Needs python3, carbon-c-relay, and ../shared/relaybench beside the repository. Takes about 10 minutes at 5 rounds.
-set -euo pipefail
-# The results file is named from where the script is called; the runs happen in ../shared/relaybench.
-given_out=${1:+$(realpath -m "$1")}
-cd "$(dirname "$0")/../.."
-root=$(pwd)
-out=${given_out:-$root/target/defaults-$(date +%Y%m%d-%H%M%S).jsonl}
-rounds=${2:-5}
 # shellcheck source=benches/relay/setup.sh
-source "$root/benches/relay/setup.sh"
+source "$(dirname "$0")/setup.sh" defaults 5 "$@"
 
 cd "$bench"
 for topology in "fwd1 1 10000000" "fanout3 3 5000000"; do

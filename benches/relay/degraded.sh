@@ -8,15 +8,8 @@
 #
 # Needs python3, carbon-c-relay, and ../shared/relaybench beside the repository. Takes about 15 minutes at 5 rounds
 # (carbon-c-relay needs 15-30 s a run). MODES overrides the list.
-set -euo pipefail
-# The results file is named from where the script is called; the runs happen in ../shared/relaybench.
-given_out=${1:+$(realpath -m "$1")}
-cd "$(dirname "$0")/../.."
-root=$(pwd)
-out=${given_out:-$root/target/degraded-$(date +%Y%m%d-%H%M%S).jsonl}
-rounds=${2:-5}
 # shellcheck source=benches/relay/setup.sh
-source "$root/benches/relay/setup.sh"
+source "$(dirname "$0")/setup.sh" degraded 5 "$@"
 
 cd "$bench"
 for mode in ${MODES:-normal slow:50000 stall:100000 down}; do

@@ -5,15 +5,8 @@
 #   benches/relay/headline.sh [OUT.jsonl] [ROUNDS]
 #
 # Needs python3, carbon-c-relay, and ../shared/relaybench beside the repository. Takes about 10 minutes.
-set -euo pipefail
-# The results file is named from where the script is called; the runs happen in ../shared/relaybench.
-given_out=${1:+$(realpath -m "$1")}
-cd "$(dirname "$0")/../.."
-root=$(pwd)
-out=${given_out:-$root/target/relaybench-$(date +%Y%m%d-%H%M%S).jsonl}
-rounds=${2:-5}
 # shellcheck source=benches/relay/setup.sh
-source "$root/benches/relay/setup.sh"
+source "$(dirname "$0")/setup.sh" headline 5 "$@"
 
 compare() {
   local label=$1

@@ -8,15 +8,8 @@
 # Needs python3, carbon-c-relay unless SKIP_CCR=1, and ../shared/relaybench beside the repository. FAMILIES (default
 # "conns dests line_bytes") picks the curves. A point that fails (carbon-c-relay with 5,000 connections does) is
 # recorded as failed and the run goes on.
-set -euo pipefail
-# The results file is named from where the script is called; the runs happen in ../shared/relaybench.
-given_out=${1:+$(realpath -m "$1")}
-cd "$(dirname "$0")/../.."
-root=$(pwd)
-out=${given_out:-$root/target/scaling-$(date +%Y%m%d-%H%M%S).jsonl}
-rounds=${2:-3}
 # shellcheck source=benches/relay/setup.sh
-source "$root/benches/relay/setup.sh"
+source "$(dirname "$0")/setup.sh" scaling 3 "$@"
 
 # point LABEL LINES RELAYBENCH-ARGS...: one interleaved comparison per baseline.
 point() {
