@@ -1,6 +1,6 @@
 //! Classifies 64-byte blocks of a read buffer into bitmaps, one bit per byte (bit `i` is byte `i`): the bytes
-//! outside the path alphabet `[A-Za-z0-9-_:#.]`, the LFs, the dots, the digits and the minus signs. The decoder's fast scan walks lines through
-//! these bits instead of looking at every byte of every line; see [`super::decoder`].
+//! outside the path alphabet `[A-Za-z0-9-_:#.]`, the LFs, the dots, the digits and the minus signs. The decoder's
+//! fast scan walks lines through these bits instead of looking at every byte of every line; see [`super::decoder`].
 //!
 //! Why hand-written SIMD: stable Rust has no portable SIMD (`std::simd` is nightly only), and `memchr` finds one to
 //! three given bytes, not a class of sixty-odd bytes and two single bytes in one pass. The `unsafe` is confined to

@@ -206,9 +206,12 @@ impl LineCounts {
     #[inline]
     pub fn add_valid(&mut self, notes: Notes) {
         self.valid += 1;
-        // Branch-free: replayed archives and benchmark pools note `ts_far` on every line, live traffic on none.
-        for note in Note::ALL {
-            self.notes[note as usize] += u64::from(notes.contains(note));
+        if !notes.is_empty() {
+            for note in Note::ALL {
+                if notes.contains(note) {
+                    self.notes[note as usize] += 1;
+                }
+            }
         }
     }
 

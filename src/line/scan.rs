@@ -7,8 +7,8 @@
 //! space, a space and its LF, so walking a line costs three bit scans (a path with Graphite tags, `name;tag=value`,
 //! adds its `;` and `=`, which `parse` forwards unchanged, so the tags are as-is when made only of those and of
 //! alphabet bytes). The fixed test then needs only bit operations and one load: the path is non-empty, within
-//! `max_path_bytes`, and its name neither starts nor ends with a dot; the whole line is within `max_line_bytes`; the value is at most 16 bytes of `-?[0-9]*(\.[0-9]*)?` with a digit and the
-//! timestamp at most 16 digits, both read off the digit, dot and minus bitmaps of the block and the one before it;
+//! `max_path_bytes`, and its name neither starts nor ends with a dot; the whole line is within `max_line_bytes`;
+//! the value is at most 16 bytes of `-?[0-9]*(\.[0-9]*)?` with a digit and the timestamp at most 16 digits, both read off the digit, dot and minus bitmaps of the block and the one before it;
 //! the timestamp is not zero, and is compared with the year around now (a far one is forwarded with its `ts_far`
 //! note) as the 16 bytes that end at its LF, so a timestamp in the first 16 bytes of the buffer fails the test.
 //!

@@ -7,8 +7,8 @@
 //!
 //! Invariants: memory per connection is bounded by `read_buffer_bytes` plus one batch, whatever the client sends
 //! (over-long lines are skipped, not buffered), and what read buffers grow by beyond their initial size is bounded
-//! for all connections together by `read_buffer_budget_bytes`; nothing a client sends can panic the handler or stall another
-//! connection; every byte read ends up in a forwarded line or a counted rejection.
+//! for all connections together by `read_buffer_budget_bytes`; nothing a client sends can panic the handler or stall
+//! another connection; every byte read ends up in a forwarded line or a counted rejection.
 
 use std::future::Future;
 use std::pin::pin;

@@ -6,8 +6,8 @@
 //!
 //! It also paces senders, so that healthy destinations lose nothing to a sender faster than they are: after handing
 //! over a batch, a connection waits while some destination [`Queue::holds_senders`] (it is healthy, i.e. connected
-//! and writing, and lags by more than `HOLD_MAX_BYTES`, 1 MiB). Destinations of about the same speed therefore never lose lines
-//! to each other's jitter. A destination that holds senders for `PACE_TIMEOUT` while another one starves is much
+//! and writing, and lags by more than `HOLD_MAX_BYTES`, 1 MiB). Destinations of about the same speed therefore
+//! never lose lines to each other's jitter. A destination that holds senders for `PACE_TIMEOUT` while another one starves is much
 //! slower than the rest: it stops pacing and lags, within its queue's bounds, until it catches up. A down or stalled
 //! destination (not healthy) never makes senders wait, and a slow one costs the others one `PACE_TIMEOUT`. When
 //! every destination is slower than the input, senders wait: TCP backpressure instead of loss. With the `block`
@@ -146,14 +146,14 @@ impl Router {
             }
             // Nearly every call returns here: check before registering with the shared notifier, whose waiter list
             // is locked by every connection that registers.
-            if !self.queues.iter().any(|queue| queue.holds_senders()) {
+            if !self.any_holds_senders() {
                 return;
             }
             let room = self.room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
             // Again, now that a wake-up cannot be missed.
-            if !self.queues.iter().any(|queue| queue.holds_senders()) {
+            if !self.any_holds_senders() {
                 return;
             }
             let now = Instant::now();
@@ -173,6 +173,10 @@ impl Router {
                 () = tokio::time::sleep(PACE_RECHECK) => {}
             }
         }
+    }
+
+    fn any_holds_senders(&self) -> bool {
+        self.queues.iter().any(|queue| queue.holds_senders())
     }
 
     /// Stops the destinations that hold senders from pacing if another healthy destination is starving meanwhile:
