@@ -136,7 +136,8 @@ pub struct DestinationConfig {
     /// `queue_max_bytes` binds first for any line longer than 16 bytes, so memory is what the bound is about. Lower it
     /// to bound a queue in lines as the seed did (its 4096 is about a millisecond of traffic at our rates).
     pub queue_capacity_lines: usize,
-    /// Bytes a destination's queue may hold. Default 64 MiB; the worst case for N dead destinations is N times this.
+    /// Bytes of memory a destination's queue may keep alive: its batches' line bytes plus their bookkeeping
+    /// (`batch::Batch::memory_bytes`). Default 64 MiB; the worst case for N dead destinations is N times this.
     #[serde(with = "byte_size")]
     pub queue_max_bytes: u64,
     /// What a full queue does with a new batch: `drop_newest` (default, as the seed), `drop_oldest` (as

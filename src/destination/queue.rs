@@ -121,7 +121,7 @@ impl Queue {
     /// including those of a batch refused because the queue is closed.
     pub fn push(&self, batch: Batch) -> Pushed {
         let n_lines = batch.n_lines() as usize;
-        let n_bytes = batch.len();
+        let n_bytes = batch.memory_bytes();
         let mut state = self.state.lock();
         if state.closed {
             drop(state);
@@ -145,7 +145,7 @@ impl Queue {
                             break;
                         };
                         state.n_lines -= oldest.n_lines() as usize;
-                        state.n_bytes -= oldest.len();
+                        state.n_bytes -= oldest.memory_bytes();
                         evicted.push(oldest);
                     }
                     if !self.fits(&state, n_lines, n_bytes) {
@@ -153,7 +153,7 @@ impl Queue {
                         // batches for nothing, so they go back and only the new batch is dropped.
                         for oldest in evicted.into_iter().rev() {
                             state.n_lines += oldest.n_lines() as usize;
-                            state.n_bytes += oldest.len();
+                            state.n_bytes += oldest.memory_bytes();
                             state.batches.push_front(oldest);
                         }
                         drop(state);
@@ -188,9 +188,9 @@ impl Queue {
             if state.closed {
                 return;
             }
-            state.priority_bytes += batch.len();
+            state.priority_bytes += batch.memory_bytes();
             state.n_lines += batch.n_lines() as usize;
-            state.n_bytes += batch.len();
+            state.n_bytes += batch.memory_bytes();
             state.priority.push_back(batch);
             while state.priority_bytes > PRIORITY_MAX_BYTES && state.priority.len() > 1 {
                 let Some(oldest) = state.priority.pop_front() else {
@@ -198,7 +198,7 @@ impl Queue {
                 };
                 state.priority_bytes -= oldest.len();
                 state.n_lines -= oldest.n_lines() as usize;
-                state.n_bytes -= oldest.len();
+                state.n_bytes -= oldest.memory_bytes();
                 dropped_lines += u64::from(oldest.n_lines());
             }
             self.publish_gauges(&state);
@@ -227,7 +227,7 @@ impl Queue {
                 if !state.priority.is_empty() || !state.batches.is_empty() {
                     let mut n_bytes = 0;
                     while let Some(batch) = state.priority.pop_front() {
-                        state.priority_bytes -= batch.len();
+                        state.priority_bytes -= batch.memory_bytes();
                         n_bytes += batch.len();
                         out.push(batch);
                     }
@@ -267,11 +267,12 @@ impl Queue {
     pub fn complete(&self, batches: &[Batch]) {
         let n_lines: usize = batches.iter().map(|batch| batch.n_lines() as usize).sum();
         let n_bytes: usize = batches.iter().map(Batch::len).sum();
+        let n_memory_bytes: usize = batches.iter().map(Batch::memory_bytes).sum();
         let stopped_holding = {
             let mut state = self.state.lock();
             let held = state.n_bytes as i64 > self.hold_bytes;
             state.n_lines -= n_lines;
-            state.n_bytes -= n_bytes;
+            state.n_bytes -= n_memory_bytes;
             self.publish_gauges(&state);
             held && state.n_bytes as i64 <= self.hold_bytes
         };
@@ -386,6 +387,12 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
+    use crate::batch::BATCH_OVERHEAD_BYTES;
+
+    /// The memory a queue charges for a batch of `n_bytes`.
+    const fn charged(n_bytes: usize) -> usize {
+        n_bytes + BATCH_OVERHEAD_BYTES
+    }
 
     fn batch(text: &str) -> Batch {
         let n_lines = text.matches('\n').count() as u32;
@@ -425,7 +432,7 @@ mod tests {
 
     #[tokio::test]
     async fn drop_oldest_evicts_from_the_head_to_make_room() {
-        let queue = queue(100, 12, OverflowPolicy::DropOldest);
+        let queue = queue(100, 2 * charged(6), OverflowPolicy::DropOldest);
         queue.push(batch("a 1 1\n"));
         queue.push(batch("b 1 1\n"));
         assert_eq!(queue.push(batch("c 1 1\n")), Pushed::QueuedEvicting);
@@ -438,7 +445,8 @@ mod tests {
 
     #[tokio::test]
     async fn drop_oldest_evicts_nothing_when_what_is_in_flight_leaves_no_room_anyway() {
-        let queue = queue(100, 12, OverflowPolicy::DropOldest);
+        // Room for `a` in flight and `b`, not for `a` and `c`.
+        let queue = queue(100, charged(6) + charged(2) + 4, OverflowPolicy::DropOldest);
         queue.push(batch("a 1 1\n"));
         let in_flight = pop_all(&queue).await;
         queue.push(batch("b\n"));
@@ -450,7 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn block_hands_the_batch_back_until_the_writer_frees_room() {
-        let queue = queue(100, 6, OverflowPolicy::Block);
+        let queue = queue(100, charged(6), OverflowPolicy::Block);
         queue.push(batch("a 1 1\n"));
         let Pushed::Full(refused) = queue.push(batch("b 1 1\n")) else {
             panic!("expected Full")
@@ -463,7 +471,7 @@ mod tests {
 
     #[tokio::test]
     async fn batches_in_flight_count_against_the_bound_and_unpop_restores_order() {
-        let queue = queue(100, 12, OverflowPolicy::DropNewest);
+        let queue = queue(100, 2 * charged(6), OverflowPolicy::DropNewest);
         queue.push(batch("a 1 1\n"));
         queue.push(batch("b 1 1\n"));
         let mut in_flight = pop_all(&queue).await;

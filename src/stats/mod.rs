@@ -96,7 +96,8 @@ pub struct DestinationStats {
     pub connected: AtomicBool,
     /// Lines in the queue now (including the batches being written).
     pub queued_lines: AtomicI64,
-    /// Bytes in the queue now (including the batches being written).
+    /// Bytes of memory the queued batches keep alive now (including the batches being written), as counted against
+    /// `queue_max_bytes`: line bytes plus each batch's bookkeeping (`batch::Batch::memory_bytes`).
     pub queued_bytes: AtomicI64,
     /// Lines written to the destination's socket.
     pub sent_lines: AtomicU64,

@@ -70,7 +70,7 @@ pub struct DestinationSnapshot {
     pub connected: bool,
     /// Lines in the queue now (a gauge).
     pub queued_lines: i64,
-    /// Bytes in the queue now (a gauge).
+    /// Bytes of memory the queued batches keep alive now, as counted against `queue_max_bytes` (a gauge).
     pub queued_bytes: i64,
     /// Lines written to the destination's socket.
     pub sent_lines: u64,

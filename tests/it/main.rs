@@ -7,6 +7,8 @@ mod support;
 mod cli;
 // The real binary: signals, exit codes, memory under hostile input, the seed's log lines.
 mod process;
+// Memory of the real binary against what its queues count.
+mod memory;
 // Lines in, lines out: fan-out, batching, validation end to end.
 mod pipeline;
 // Destinations failing: stalled, down at start, killed and restarted.

@@ -123,18 +123,30 @@ impl RelayProcess {
 
     /// The peak resident set size, from `/proc/PID/status` (`VmHWM`), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
+        self.status_bytes("VmHWM")
+    }
+
+    /// The resident set size now, from `/proc/PID/status` (`VmRSS`), in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        self.status_bytes("VmRSS")
+    }
+
+    fn status_bytes(&self, field: &str) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
             .expect("read /proc status");
         let line = status
             .lines()
-            .find(|line| line.starts_with("VmHWM:"))
-            .expect("VmHWM line");
+            .find(|line| {
+                line.strip_prefix(field)
+                    .is_some_and(|rest| rest.starts_with(':'))
+            })
+            .unwrap_or_else(|| panic!("{field} line"));
         let kib: u64 = line
             .split_whitespace()
             .nth(1)
-            .expect("VmHWM value")
+            .expect("kB value")
             .parse()
-            .expect("VmHWM number");
+            .expect("kB number");
         kib * 1024
     }
 }
