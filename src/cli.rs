@@ -50,7 +50,7 @@ pub struct Cli {
     )]
     pub console_out: Option<bool>,
 
-    /// Comma-separated host:port destinations; "" for none [config: destinations].
+    /// Comma-separated host:port[=instance] destinations; "" for none [config: destinations].
     #[arg(long, value_name = "HOST:PORT,...")]
     pub destinations: Option<String>,
 

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::destination::Identity;
+
 /// Why a configuration could not be loaded or is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,8 +45,10 @@ pub enum Error {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// Destinations every valid line is sent to, as `host:port` (host names are resolved on every connect).
-    /// Default: none, in which case every valid line is counted as dropped with reason `no_destination`.
+    /// Destinations every valid line is sent to, as `host:port` or `host:port=instance` (carbon-c-relay's syntax;
+    /// the instance only names the destination). Host names are resolved on every connect. Each entry's identity
+    /// (written back as `host:port[=instance]`) names it in stats and logs; listing one twice is an error. Default:
+    /// none, in which case every valid line is counted as dropped with reason `no_destination`.
     pub destinations: Vec<String>,
     /// Bound on the whole shutdown sequence (read what clients sent, drain queues). Default `10s`.
     #[serde(with = "humantime_serde")]
@@ -311,6 +315,15 @@ impl Config {
         toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
     }
 
+    /// The destinations' identities, in config order. Call after [`Config::validate`]; an entry that does not parse
+    /// is left out.
+    pub fn destination_identities(&self) -> Vec<Identity> {
+        self.destinations
+            .iter()
+            .filter_map(|destination| Identity::parse(destination).ok())
+            .collect()
+    }
+
     /// Checks every value's range and the relations between values.
     ///
     /// # Errors
@@ -323,11 +336,16 @@ impl Config {
                 message: message.into(),
             })
         }
+        let mut identities = std::collections::HashSet::new();
         for destination in &self.destinations {
-            if split_host_port(destination).is_none() {
+            let identity = match Identity::parse(destination) {
+                Ok(identity) => identity,
+                Err(message) => return invalid("destinations", message),
+            };
+            if !identities.insert(identity.to_string()) {
                 return invalid(
                     "destinations",
-                    format!("{destination:?} is not host:port with a port in 1..=65535"),
+                    format!("{identity} is listed twice: one identity is one destination"),
                 );
             }
         }
@@ -511,6 +529,34 @@ mod tests {
     fn unknown_keys_are_errors_naming_the_key() {
         let message = Config::parse("[listen]\nprot = 2003\n").unwrap_err();
         assert!(message.contains("prot"), "{message}");
+    }
+
+    #[test]
+    fn a_destination_listed_twice_is_an_error_and_instances_make_identities_distinct() {
+        let twice = Config {
+            destinations: vec![
+                "10.0.5.20:2003=a".to_string(),
+                "10.0.5.20:2003=a".to_string(),
+            ],
+            ..Config::default()
+        };
+        let err = twice.validate().unwrap_err().to_string();
+        assert!(err.contains("10.0.5.20:2003=a is listed twice"), "{err}");
+        let distinct = Config {
+            destinations: vec![
+                "10.0.5.20:2003=a".to_string(),
+                "10.0.5.20:2003=b".to_string(),
+                "10.0.5.20:2003".to_string(),
+            ],
+            ..Config::default()
+        };
+        distinct.validate().unwrap();
+        let names: Vec<String> = distinct
+            .destination_identities()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, distinct.destinations);
     }
 
     #[test]

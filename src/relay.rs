@@ -76,7 +76,9 @@ impl Relay {
     /// An invalid config, or a listener that cannot bind (the message names the address).
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
         config.validate()?;
-        let registry = Arc::new(Registry::new(&config.destinations));
+        let identities = config.destination_identities();
+        let names: Vec<String> = identities.iter().map(ToString::to_string).collect();
+        let registry = Arc::new(Registry::new(&names));
 
         let listener = listener::bind(&config.listen.address, config.listen.port).await?;
         let listen_address = listener
@@ -92,9 +94,9 @@ impl Relay {
         let room = Arc::new(Notify::new());
         let mut queues = Vec::new();
         let mut writers = Vec::new();
-        for (address, stats) in config.destinations.iter().zip(&registry.destinations) {
+        for (identity, stats) in identities.iter().zip(&registry.destinations) {
             let destination = Destination::spawn(
-                address,
+                identity,
                 &config.destination,
                 Arc::clone(stats),
                 Arc::clone(&room),

@@ -6,6 +6,7 @@
 //! PostgreSQL and Kafka share the queue and stats machinery).
 
 pub mod backoff;
+pub mod identity;
 pub mod queue;
 pub mod writer;
 
@@ -17,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DestinationConfig;
 use crate::stats::DestinationStats;
+pub use identity::Identity;
 pub use queue::{Pushed, Queue, QueueLimits};
 pub use writer::WriterSettings;
 
@@ -30,10 +32,10 @@ pub struct Destination {
 }
 
 impl Destination {
-    /// Creates the queue for `address` and spawns its writer on the current runtime. `room` is the notifier shared
+    /// Creates the queue for `identity` and spawns its writer on the current runtime. `room` is the notifier shared
     /// with the router (see [`crate::router::Router::new`]).
     pub fn spawn(
-        address: &str,
+        identity: &Identity,
         config: &DestinationConfig,
         stats: Arc<DestinationStats>,
         room: Arc<Notify>,
@@ -46,7 +48,8 @@ impl Destination {
         };
         let queue = Arc::new(Queue::new(limits, stats, room));
         let settings = WriterSettings {
-            address: address.to_string(),
+            name: identity.to_string(),
+            address: identity.connect_address(),
             connect_timeout: config.connect_timeout,
             write_timeout: config.write_timeout,
             retry_interval: config.retry_interval,

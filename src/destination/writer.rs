@@ -38,6 +38,8 @@ const MAX_IOVECS: usize = 512;
 /// Connection and timing settings of a writer.
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
+    /// The destination's identity (`host:port[=instance]`), its name in logs.
+    pub name: String,
     /// `host:port`, resolved on every connect.
     pub address: String,
     /// Bound on one connect attempt.
@@ -85,7 +87,7 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
                 let delay = backoff.next_delay();
                 // The first failure and then every tenth: a destination down for hours must not flood the log.
                 if n_failures == 1 || was_connected || n_failures % 10 == 0 {
-                    warn!(destination = %settings.address, error = %err, retry_in = ?delay, failures = n_failures, "cannot connect to destination");
+                    warn!(destination = %settings.name, error = %err, retry_in = ?delay, failures = n_failures, "cannot connect to destination");
                 }
                 was_connected = false;
                 if unless_done(&queue, &stop, tokio::time::sleep(delay))
@@ -100,7 +102,7 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
         stats.connects.fetch_add(1, Ordering::Relaxed);
         stats.connected.store(true, Ordering::Relaxed);
         queue.mark_progress();
-        info!("Connected to destination: {}", settings.address);
+        info!("Connected to destination: {}", settings.name);
         was_connected = true;
         let mut wrote_any = false;
         let ended = write_until_error(
@@ -123,7 +125,7 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
-                warn!(destination = %settings.address, error = %err, retry_in = ?delay, "lost connection to destination, reconnecting");
+                warn!(destination = %settings.name, error = %err, retry_in = ?delay, "lost connection to destination, reconnecting");
                 if unless_done(&queue, &stop, tokio::time::sleep(delay))
                     .await
                     .is_none()

@@ -128,9 +128,10 @@ pub async fn run_self_metrics(
     }
 }
 
-/// carbon-c-relay's destination name: the address with `.` replaced by `_`; the `:` before the port stays.
-fn destination_name(address: &str) -> String {
-    address.replace('.', "_")
+/// A destination's identity as one path node: dots (and the `=` before an instance, outside the path alphabet)
+/// become `_`, as carbon-c-relay writes `10_0_5_20:2003`.
+fn destination_name(identity: &str) -> String {
+    identity.replace(['.', '='], "_")
 }
 
 /// Lines being written for one batch.
@@ -172,7 +173,7 @@ mod tests {
     fn lines_use_carbon_c_relay_names_and_totals() {
         let registry = Registry::new(&[
             "10.0.5.20:2003".to_string(),
-            "graphite.example.com:2004".to_string(),
+            "graphite.example.com:2004=b".to_string(),
         ]);
         let relay = &registry.relay;
         relay.lines_received.store(1000, Ordering::Relaxed);
@@ -200,9 +201,9 @@ mod tests {
              carbon.relays.relay1.destinations.10_0_5_20:2003.sent 900 1431357190\n\
              carbon.relays.relay1.destinations.10_0_5_20:2003.queued 100 1431357190\n\
              carbon.relays.relay1.destinations.10_0_5_20:2003.dropped 0 1431357190\n\
-             carbon.relays.relay1.destinations.graphite_example_com:2004.sent 700 1431357190\n\
-             carbon.relays.relay1.destinations.graphite_example_com:2004.queued 20 1431357190\n\
-             carbon.relays.relay1.destinations.graphite_example_com:2004.dropped 280 1431357190\n\
+             carbon.relays.relay1.destinations.graphite_example_com:2004_b.sent 700 1431357190\n\
+             carbon.relays.relay1.destinations.graphite_example_com:2004_b.queued 20 1431357190\n\
+             carbon.relays.relay1.destinations.graphite_example_com:2004_b.dropped 280 1431357190\n\
              carbon.relays.relay1.metricsSent 1600 1431357190\n\
              carbon.relays.relay1.metricsQueued 120 1431357190\n\
              carbon.relays.relay1.metricsDropped 280 1431357190\n\

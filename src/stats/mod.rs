@@ -90,7 +90,7 @@ pub struct Started(pub Instant);
 /// Counters of one destination.
 #[derive(Debug)]
 pub struct DestinationStats {
-    /// The destination as configured, `host:port`.
+    /// The destination's identity, `host:port` or `host:port=instance` (its key in `/stats` and self-metrics).
     pub address: String,
     /// True while a connection to the destination is open.
     pub connected: AtomicBool,

@@ -270,3 +270,18 @@ async fn self_metrics_get_out_while_user_traffic_fills_the_queue() {
     flood.await.expect("flood");
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_destination_with_an_instance_is_named_by_its_identity_and_connected_by_its_address() {
+    let sink = Sink::start().await;
+    let mut config = support::config(&[]);
+    let identity = format!("{}=cache-a", sink.address());
+    config.destinations = vec![identity.clone()];
+    let relay = TestRelay::start(config).await;
+    send(relay.address(), b"a.b 1 1700000000\n").await;
+    eventually("the line arrives", || sink.n_lines() == 1).await;
+    let snapshot = relay.handle.registry.snapshot();
+    assert_eq!(snapshot.destinations[0].address, identity);
+    assert_eq!(snapshot.destinations[0].sent_lines, 1);
+    relay.shutdown().await;
+}
