@@ -186,6 +186,9 @@ impl Queue {
         {
             let mut state = self.state.lock();
             if state.closed {
+                drop(state);
+                self.stats
+                    .add_dropped(DropReason::Shutdown, u64::from(batch.n_lines()));
                 return;
             }
             state.priority_bytes += batch.memory_bytes();
@@ -492,6 +495,19 @@ mod tests {
         let popped = pop_all(&queue).await;
         assert_eq!(popped[0], batch("carbon.relays.x.metricsReceived 1 1\n"));
         assert_eq!(popped.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn self_metrics_pushed_to_a_closed_queue_are_counted_as_shutdown() {
+        let queue = queue(100, 1024, OverflowPolicy::DropNewest);
+        queue.close();
+        queue.push_priority(batch(
+            "carbon.relays.x.metricsReceived 1 1\ncarbon.relays.x.metricsSent 1 1\n",
+        ));
+        assert_eq!(
+            queue.stats().dropped_lines[DropReason::Shutdown as usize].load(Ordering::Relaxed),
+            2
+        );
     }
 
     #[tokio::test]
