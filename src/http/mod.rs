@@ -345,6 +345,28 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_request_head_larger_than_the_buffer_is_answered_431() {
+        let shutdown = CancellationToken::new();
+        let (client, connection) = connection(64 * 1024, limits(), &shutdown);
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let mut head = b"GET /stats HTTP/1.1\r\nx-large: ".to_vec();
+        head.resize(MAX_BUFFER_BYTES + 1024, b'a');
+        // hyper answers before it has read everything, so write beside the read.
+        let writing = tokio::spawn(async move {
+            let _ = writer.write_all(&head).await;
+            writer
+        });
+        let mut answer = String::new();
+        reader.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{answer}"
+        );
+        assert!(matches!(ended(connection).await.0, Closed::Failed(_)));
+        drop(writing.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn a_client_that_sends_nothing_is_closed_at_the_header_read_timeout() {
         let started = Instant::now();
         let shutdown = CancellationToken::new();
