@@ -184,8 +184,8 @@ where
         () = tokio::time::sleep_until(deadline) => return Closed::TimedOut,
         () = shutdown.cancelled() => {}
     }
-    // With keep-alive off this changes nothing for a request in flight; it ends a connection idle between requests.
-    connection.as_mut().graceful_shutdown();
+    // hyper's `graceful_shutdown` would only end a keep-alive connection idle between requests, and there are none:
+    // what is open is answering (it finishes well within the grace) or waiting on its client (cut at the grace).
     let grace_deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
     match tokio::time::timeout_at(grace_deadline, connection).await {
         Ok(result) => closed_by(result),
