@@ -189,6 +189,21 @@ pub struct StatsConfig {
     /// default `carbon.relays.\.1`).
     /// Default `carbon.relays.{host}`, carbon-c-relay's, so existing dashboards keep working.
     pub metrics_prefix: String,
+    /// Most connections the stats server holds open at once; beyond it a new connection is accepted and closed at
+    /// once, counted as `stats_server.connections_rejected`. Default 64: far more than scrapers, health checks and
+    /// people need, and small enough that a flood of them costs little memory. Range 1..=10000000. Raise it if a
+    /// fleet of health checkers shares one relay.
+    pub max_connections: usize,
+    /// A client must send a request's whole head (request line and headers) within this long of connecting, or the
+    /// connection is closed (`stats_server.connections_timed_out`). Default `5s`. Must be more than `0s` and at most
+    /// `stats.request_timeout`. Lower it only on a busy host whose stats clients are all local.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// A connection carries one request and is closed this long after it was accepted, whatever it is doing:
+    /// reading the request, answering, or writing to a client that does not read. Default `10s`. Must be more than
+    /// `0s`.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
 }
 
 /// Logging.
@@ -274,6 +289,9 @@ impl Default for StatsConfig {
             log_interval: Duration::from_secs(5),
             metrics_flush: Duration::ZERO,
             metrics_prefix: "carbon.relays.{host}".to_string(),
+            max_connections: 64,
+            header_read_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -377,6 +395,8 @@ impl Config {
             ),
             ("stats.log_interval", self.stats.log_interval),
             ("stats.metrics_flush", self.stats.metrics_flush),
+            ("stats.header_read_timeout", self.stats.header_read_timeout),
+            ("stats.request_timeout", self.stats.request_timeout),
         ] {
             if duration > MAX_DURATION {
                 return invalid(key, "must be at most a year");
@@ -438,6 +458,23 @@ impl Config {
         if self.stats.metrics_prefix.is_empty() {
             return invalid("stats.metrics_prefix", "must not be empty");
         }
+        if !(1..=MAX_CONNECTIONS).contains(&self.stats.max_connections) {
+            return invalid(
+                "stats.max_connections",
+                format!("must be in 1..={MAX_CONNECTIONS}"),
+            );
+        }
+        if self.stats.request_timeout.is_zero() {
+            return invalid("stats.request_timeout", "must be more than 0s");
+        }
+        if self.stats.header_read_timeout.is_zero()
+            || self.stats.header_read_timeout > self.stats.request_timeout
+        {
+            return invalid(
+                "stats.header_read_timeout",
+                "must be more than 0s and at most stats.request_timeout",
+            );
+        }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", err.to_string());
         }
@@ -448,7 +485,8 @@ impl Config {
 /// Longest duration any setting takes: far beyond any sensible value, and safe to add to an `Instant`.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
-/// Most connections `listen.max_connections` may allow; file descriptors run out long before.
+/// Most connections `listen.max_connections` and `stats.max_connections` may allow; file descriptors run out long
+/// before.
 const MAX_CONNECTIONS: usize = 10_000_000;
 
 /// Splits a destination's `host:port` (or `[v6]:port`) into its parts; `None` if there is no host or no port in
@@ -572,6 +610,24 @@ mod tests {
         config.stats.metrics_flush = Duration::from_secs(u64::MAX);
         let err = config.validate().unwrap_err();
         assert!(err.to_string().contains("stats.metrics_flush"), "{err}");
+
+        let mut config = Config::default();
+        config.stats.max_connections = 0;
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("stats.max_connections"), "{err}");
+
+        let mut config = Config::default();
+        config.stats.header_read_timeout = Duration::from_secs(11);
+        let err = config.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("stats.header_read_timeout"),
+            "{err}"
+        );
+
+        let mut config = Config::default();
+        config.stats.request_timeout = Duration::ZERO;
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("stats.request_timeout"), "{err}");
 
         let mut config = Config::default();
         config.line.max_line_bytes = 512 * 1024;

@@ -7,7 +7,9 @@
 //! connections read what their clients send for one second and hand over their last batches; close the queues; let
 //! writers drain; at the deadline stop them and count what is left per destination as dropped (`shutdown`), logged
 //! at ERROR; then the log ticker's last report. Queues and writers never watch a shutdown token: they end when their
-//! input ends.
+//! input ends. The stats server stops with the edges but is not waited for before the queues close, since it feeds
+//! none: it ends on its own within `http::SHUTDOWN_GRACE`, while the writers drain, so a stalled stats client never
+//! holds up the exit by more than that.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -42,7 +44,10 @@ pub struct Relay {
     /// Cancelled at the shutdown deadline: writers and blocked senders stop at once.
     stop: CancellationToken,
     connections: TaskTracker,
+    /// The accept loop and the self-metrics: what must stop before the queues close.
     edge_tasks: TaskTracker,
+    /// The stats server stops on `edges` too, but ends on its own, at most `http::SHUTDOWN_GRACE` later.
+    stats_server: Option<JoinHandle<()>>,
     /// The periodic log line runs until the very end, so that losses during shutdown are logged too.
     log_ticker: JoinHandle<()>,
     log_ticker_stop: CancellationToken,
@@ -136,18 +141,19 @@ impl Relay {
             connections.clone(),
         ));
 
+        let mut stats_server = None;
         let stats_address = match stats_listener {
             Some(stats_listener) => {
                 let address = stats_listener
                     .local_addr()
                     .context("cannot read the stats server's address")?;
-                let app = http::app(Arc::clone(&registry));
-                let shutdown = edges.clone();
-                edge_tasks.spawn(async move {
-                    if let Err(err) = http::serve(stats_listener, app, shutdown).await {
-                        error!(error = %err, "stats server failed");
-                    }
-                });
+                // Not an edge task: it feeds no queue, so closing the queues need not wait for its clients.
+                stats_server = Some(tokio::spawn(http::serve(
+                    stats_listener,
+                    Arc::clone(&registry),
+                    http::Limits::from_config(&config.stats),
+                    edges.clone(),
+                )));
                 info!("Runstats started: {address}");
                 Some(address)
             }
@@ -178,6 +184,7 @@ impl Relay {
             stop,
             connections,
             edge_tasks,
+            stats_server,
             log_ticker,
             log_ticker_stop,
             queues,
@@ -240,6 +247,10 @@ impl Relay {
                 error!(destination = %queue.stats().address, lines = n_lost, "shutdown: lines not delivered");
             }
             report.lines_lost += n_lost;
+        }
+        if let Some(stats_server) = self.stats_server {
+            // Ended by now unless the drain took less than its grace after `edges` was cancelled.
+            let _ = stats_server.await;
         }
         self.log_ticker_stop.cancel();
         let _ = self.log_ticker.await;

@@ -1,21 +1,79 @@
 //! The stats HTTP server (the seed's "Runstats"): `GET /stats` and `GET /health`.
 //!
 //! An edge of the relay beside the listeners, on `stats.address`. [`app`] builds the router from the counters
-//! alone, so tests call it with `oneshot` and no socket; [`serve`] runs it on a bound listener until the shutdown
-//! token is cancelled. Invariant: a request only reads counters; it never blocks or changes the pipeline.
+//! alone, so tests call it with `oneshot` and no socket; [`serve`] runs the accept loop and drives each connection
+//! with hyper's HTTP/1 server until the shutdown token is cancelled.
 //!
 //! - `GET /stats`: the JSON of a [`Snapshot`], every counter under the name it has in code.
 //! - `GET /health`: `200 ok` while the process runs.
+//!
+//! No client can stall the server or the relay's shutdown. Each connection carries one request (keep-alive is
+//! off, so every answer ends with `connection: close`): its request head must arrive within
+//! `stats.header_read_timeout` of the connect, however slowly it trickles in, and the connection is closed
+//! `stats.request_timeout` after it was accepted whatever it is doing, including writing to a client that never
+//! reads. At most `stats.max_connections` are open; one more is accepted and closed at once, as the plaintext
+//! listener does, so a client sees a clear close instead of hanging in the backlog. Monitoring scrapes every few
+//! seconds, so a connection per request costs nothing that matters, and it makes a connection's life one request.
+//!
+//! Invariants: a request only reads counters; it never blocks or changes the pipeline. A connection never outlives
+//! `stats.request_timeout`, nor [`SHUTDOWN_GRACE`] after the shutdown token is cancelled, so [`serve`] returns at
+//! most [`SHUTDOWN_GRACE`] after the cancel. A connection's memory is bounded by [`MAX_BUFFER_BYTES`] whatever the
+//! client sends.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
 
-use crate::stats::{Registry, Snapshot};
+use crate::config::StatsConfig;
+use crate::stats::{RateLimit, Registry, Snapshot, StatsServerStats};
+
+/// How long requests in flight may still run once shutdown starts; then their connections are dropped. One second
+/// answers any request this server has (they only read counters) while keeping a stalled client from holding up
+/// the relay's exit.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
+
+/// Most bytes hyper buffers per connection, for reading the request head and for queueing the answer. A request
+/// head larger than this is answered `431` and closed. 16 KiB holds any request a browser or a scraper sends here.
+pub const MAX_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Pause after an `accept` error such as `EMFILE`, so the loop does not spin while the condition lasts.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The stats server's limits, from `[stats]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `stats.max_connections`: connections open at once; more are accepted and closed.
+    pub max_connections: usize,
+    /// `stats.header_read_timeout`: time from accept to the end of the request head.
+    pub header_read_timeout: Duration,
+    /// `stats.request_timeout`: time from accept to the end of the connection.
+    pub request_timeout: Duration,
+}
+
+impl Limits {
+    /// The limits set in a (validated) `[stats]` section.
+    pub fn from_config(config: &StatsConfig) -> Limits {
+        Limits {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+            request_timeout: config.request_timeout,
+        }
+    }
+}
 
 /// The admin routes, reading the given counters.
 pub fn app(registry: Arc<Registry>) -> Router {
@@ -25,19 +83,136 @@ pub fn app(registry: Arc<Registry>) -> Router {
         .with_state(registry)
 }
 
-/// Serves `app` on `listener` until `shutdown` is cancelled, then lets requests in flight finish.
+/// Serves [`app`] on `listener` within `limits` until `shutdown` is cancelled, then gives requests in flight
+/// [`SHUTDOWN_GRACE`] to finish and drops whatever connection is left.
 ///
-/// # Errors
-///
-/// If the server fails for good; `axum::serve` already retries failed accepts, so this is fatal.
+/// It never fails: accept errors are logged and retried after a pause, and a client's error ends only its own
+/// connection.
 pub async fn serve(
     listener: TcpListener,
-    app: Router,
+    registry: Arc<Registry>,
+    limits: Limits,
     shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+) {
+    let app = app(Arc::clone(&registry));
+    let limit = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+    let accept_error_log = RateLimit::default();
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                if accept_error_log.allow() {
+                    warn!(error = %err, "stats server cannot accept connections, backing off");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
+                }
+                continue;
+            }
+        };
+        let stats = &registry.stats_server;
+        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+            let n_rejected = stats.connections_rejected.fetch_add(1, Ordering::Relaxed) + 1;
+            if stats.rejected_log.allow() {
+                warn!(
+                    max_connections = limits.max_connections,
+                    connections_rejected = n_rejected,
+                    "stats server at stats.max_connections, closing new connections"
+                );
+            }
+            // Dropping the stream closes it at once.
+            drop(stream);
+            continue;
+        };
+        stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
+        stats.connections_open.fetch_add(1, Ordering::Relaxed);
+        let app = app.clone();
+        let registry = Arc::clone(&registry);
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            let closed = serve_connection(stream, app, limits, &shutdown).await;
+            count_closed(&registry.stats_server, &closed);
+            drop(permit);
+        });
+    }
+    // Closing the listener now makes new connects fail at once rather than wait in the backlog.
+    drop(listener);
+    connections.close();
+    connections.wait().await;
+}
+
+/// How a stats connection ended.
+#[derive(Debug)]
+enum Closed {
+    /// The request was answered, or the client left between requests.
+    Done,
+    /// `header_read_timeout` or `request_timeout` passed.
+    TimedOut,
+    /// The client sent something that is not HTTP, or the connection failed.
+    Failed(hyper::Error),
+    /// Shutdown started and the connection was still open after [`SHUTDOWN_GRACE`].
+    CutAtShutdown,
+}
+
+/// Runs one connection within `limits`, and within [`SHUTDOWN_GRACE`] once `shutdown` is cancelled.
+async fn serve_connection<I>(
+    io: I,
+    app: Router,
+    limits: Limits,
+    shutdown: &CancellationToken,
+) -> Closed
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let deadline = Instant::now() + limits.request_timeout;
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(false)
+        .max_buf_size(MAX_BUFFER_BYTES)
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app));
+    let mut connection = std::pin::pin!(connection);
+    tokio::select! {
+        result = connection.as_mut() => return closed_by(result),
+        () = tokio::time::sleep_until(deadline) => return Closed::TimedOut,
+        () = shutdown.cancelled() => {}
+    }
+    // hyper's `graceful_shutdown` would only end a keep-alive connection idle between requests, and there are none:
+    // what is open is answering (it finishes well within the grace) or waiting on its client (cut at the grace).
+    let grace_deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
+    match tokio::time::timeout_at(grace_deadline, connection).await {
+        Ok(result) => closed_by(result),
+        Err(_) => Closed::CutAtShutdown,
+    }
+}
+
+fn closed_by(result: Result<(), hyper::Error>) -> Closed {
+    match result {
+        Ok(()) => Closed::Done,
+        Err(err) if err.is_timeout() => Closed::TimedOut,
+        Err(err) => Closed::Failed(err),
+    }
+}
+
+fn count_closed(stats: &StatsServerStats, closed: &Closed) {
+    stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+    match closed {
+        Closed::Done => {}
+        Closed::TimedOut => {
+            stats.connections_timed_out.fetch_add(1, Ordering::Relaxed);
+            debug!("stats connection timed out");
+        }
+        // A client's garbage or reset is its own business: not worth more than a debug line.
+        Closed::Failed(err) => debug!(error = %err, "stats connection failed"),
+        Closed::CutAtShutdown => debug!("stats connection cut at shutdown"),
+    }
 }
 
 async fn stats(State(registry): State<Arc<Registry>>) -> Json<Snapshot> {
@@ -50,11 +225,10 @@ async fn health() -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::Ordering;
-
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
     use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tower::ServiceExt;
 
     use super::*;
@@ -66,6 +240,10 @@ mod tests {
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    fn limits() -> Limits {
+        Limits::from_config(&StatsConfig::default())
     }
 
     #[tokio::test]
@@ -88,6 +266,10 @@ mod tests {
             .lines_received
             .fetch_add(42, Ordering::Relaxed);
         registry.destinations[1].add_dropped(DropReason::QueueFull, 7);
+        registry
+            .stats_server
+            .connections_rejected
+            .fetch_add(3, Ordering::Relaxed);
 
         let (status, body) = get(registry, "/stats").await;
         assert_eq!(status, StatusCode::OK);
@@ -96,6 +278,7 @@ mod tests {
         assert_eq!(json["destinations"][0]["address"], "10.0.5.20:2003");
         assert_eq!(json["destinations"][1]["address"], "10.0.5.25:2003");
         assert_eq!(json["destinations"][1]["dropped"]["queue_full"], 7);
+        assert_eq!(json["stats_server"]["connections_rejected"], 3);
     }
 
     #[tokio::test]
@@ -110,10 +293,120 @@ mod tests {
         let shutdown = CancellationToken::new();
         let server = tokio::spawn(serve(
             listener,
-            app(Arc::new(Registry::new(&[]))),
+            Arc::new(Registry::new(&[])),
+            limits(),
             shutdown.clone(),
         ));
         shutdown.cancel();
-        server.await.unwrap().unwrap();
+        server.await.unwrap();
+    }
+
+    /// A connection over an in-memory pipe of `pipe_bytes`, served with `limits` until `shutdown`.
+    fn connection(
+        pipe_bytes: usize,
+        limits: Limits,
+        shutdown: &CancellationToken,
+    ) -> (
+        tokio::io::DuplexStream,
+        tokio::task::JoinHandle<(Closed, Instant)>,
+    ) {
+        let (client, server) = tokio::io::duplex(pipe_bytes);
+        let app = app(Arc::new(Registry::new(&[])));
+        let shutdown = shutdown.clone();
+        let connection = tokio::spawn(async move {
+            let closed = serve_connection(server, app, limits, &shutdown).await;
+            (closed, Instant::now())
+        });
+        (client, connection)
+    }
+
+    /// How and when the connection ended; fails rather than hangs if it never ends.
+    async fn ended(connection: tokio::task::JoinHandle<(Closed, Instant)>) -> (Closed, Instant) {
+        tokio::time::timeout(Duration::from_secs(3600), connection)
+            .await
+            .expect("the connection ends")
+            .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_is_answered_and_the_connection_closed() {
+        let shutdown = CancellationToken::new();
+        let (mut client, connection) = connection(64 * 1024, limits(), &shutdown);
+        client
+            .write_all(b"GET /health HTTP/1.1\r\nhost: relay\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+        assert!(answer.contains("connection: close\r\n"), "{answer}");
+        assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+        assert!(matches!(ended(connection).await.0, Closed::Done));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_head_larger_than_the_buffer_is_answered_431() {
+        let shutdown = CancellationToken::new();
+        let (client, connection) = connection(64 * 1024, limits(), &shutdown);
+        let (mut reader, mut writer) = tokio::io::split(client);
+        let mut head = b"GET /stats HTTP/1.1\r\nx-large: ".to_vec();
+        head.resize(MAX_BUFFER_BYTES + 1024, b'a');
+        // hyper answers before it has read everything, so write beside the read.
+        let writing = tokio::spawn(async move {
+            let _ = writer.write_all(&head).await;
+            writer
+        });
+        let mut answer = String::new();
+        reader.read_to_string(&mut answer).await.unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 431 Request Header Fields Too Large\r\n"),
+            "{answer}"
+        );
+        assert!(matches!(ended(connection).await.0, Closed::Failed(_)));
+        drop(writing.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_sends_nothing_is_closed_at_the_header_read_timeout() {
+        let started = Instant::now();
+        let shutdown = CancellationToken::new();
+        let (mut client, connection) = connection(64 * 1024, limits(), &shutdown);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"");
+        let (closed, at) = ended(connection).await;
+        assert!(matches!(closed, Closed::TimedOut), "{closed:?}");
+        assert_eq!(at - started, limits().header_read_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_reads_is_closed_at_the_request_timeout() {
+        // The answer does not fit the pipe, so hyper's write waits for a reader that never comes.
+        let started = Instant::now();
+        let shutdown = CancellationToken::new();
+        let (mut client, connection) = connection(16, limits(), &shutdown);
+        client
+            .write_all(b"GET /stats HTTP/1.1\r\nhost: relay\r\n\r\n")
+            .await
+            .unwrap();
+        let (closed, at) = ended(connection).await;
+        assert!(matches!(closed, Closed::TimedOut), "{closed:?}");
+        assert_eq!(at - started, limits().request_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_gives_a_stalled_connection_the_grace_and_no_more() {
+        let shutdown = CancellationToken::new();
+        let (mut client, connection) = connection(16, limits(), &shutdown);
+        client
+            .write_all(b"GET /stats HTTP/1.1\r\nhost: relay\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let cancelled = Instant::now();
+        shutdown.cancel();
+        let (closed, at) = ended(connection).await;
+        assert!(matches!(closed, Closed::CutAtShutdown), "{closed:?}");
+        assert_eq!(at - cancelled, SHUTDOWN_GRACE);
     }
 }

@@ -13,7 +13,9 @@ pub mod carbon;
 pub mod log;
 mod snapshot;
 
-pub use snapshot::{ConnectionsSnapshot, DestinationSnapshot, LinesSnapshot, Snapshot};
+pub use snapshot::{
+    ConnectionsSnapshot, DestinationSnapshot, LinesSnapshot, Snapshot, StatsServerSnapshot,
+};
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -86,6 +88,21 @@ impl RateLimit {
 /// written as a struct literal.
 #[derive(Debug, Clone, Copy)]
 pub struct Started(pub Instant);
+
+/// Counters of the stats HTTP server's connections, kept apart from the plaintext listener's.
+#[derive(Debug, Default)]
+pub struct StatsServerStats {
+    /// Connections accepted and served.
+    pub connections_accepted: AtomicU64,
+    /// Connections accepted and closed at once because `stats.max_connections` were open.
+    pub connections_rejected: AtomicU64,
+    /// Connections closed by `stats.header_read_timeout` or `stats.request_timeout`.
+    pub connections_timed_out: AtomicU64,
+    /// Connections open now.
+    pub connections_open: AtomicI64,
+    /// Limits the log line about rejected connections to one a second.
+    pub rejected_log: RateLimit,
+}
 
 /// Counters of one destination.
 #[derive(Debug)]
@@ -202,6 +219,8 @@ pub struct Registry {
     pub relay: Stats,
     /// Per-destination counters, in the order of `destinations` in the config.
     pub destinations: Vec<Arc<DestinationStats>>,
+    /// The stats HTTP server's connection counters.
+    pub stats_server: StatsServerStats,
 }
 
 impl Registry {
@@ -213,6 +232,7 @@ impl Registry {
                 .iter()
                 .map(|address| DestinationStats::new(address))
                 .collect(),
+            stats_server: StatsServerStats::default(),
         }
     }
 

@@ -4,6 +4,7 @@
 //! Its JSON (for `GET /stats`) is the struct as it stands: each field has the name of the counter it copies, grouped
 //! by the word the counter starts with (`connections_accepted` is `connections.accepted`), and the per-reason
 //! arrays become objects keyed by [`Invalid::name`], [`Note::name`] and [`DropReason::name`], in counter order.
+//! The stats server's own counters sit under `stats_server`, with their names in code (`connections_rejected`).
 //! Every counter is present, zero or not, so a dashboard never has to guess whether a key is missing or zero.
 
 use std::sync::atomic::Ordering;
@@ -11,7 +12,7 @@ use std::sync::atomic::Ordering;
 use serde::ser::{SerializeMap, Serializer};
 use serde::Serialize;
 
-use super::{DestinationStats, DropReason, Registry, Stats};
+use super::{DestinationStats, DropReason, Registry, Stats, StatsServerStats};
 use crate::line::{Invalid, Note};
 
 /// Every counter of the relay, copied at one instant.
@@ -25,6 +26,8 @@ pub struct Snapshot {
     pub lines: LinesSnapshot,
     /// One entry per destination, in config order.
     pub destinations: Vec<DestinationSnapshot>,
+    /// The stats server's own connection counters.
+    pub stats_server: StatsServerSnapshot,
 }
 
 /// Copies of the connection counters of [`Stats`].
@@ -40,6 +43,19 @@ pub struct ConnectionsSnapshot {
     pub idle_closed: u64,
     /// `accept_errors`: errors returned by `accept`.
     pub accept_errors: u64,
+}
+
+/// Copies of the counters of [`StatsServerStats`], under their names in code.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct StatsServerSnapshot {
+    /// Connections open now (a gauge).
+    pub connections_open: i64,
+    /// Connections accepted and served.
+    pub connections_accepted: u64,
+    /// Connections closed at once because `stats.max_connections` were open.
+    pub connections_rejected: u64,
+    /// Connections closed by `stats.header_read_timeout` or `stats.request_timeout`.
+    pub connections_timed_out: u64,
 }
 
 /// Copies of the line counters of [`Stats`].
@@ -101,6 +117,7 @@ impl Snapshot {
                 .iter()
                 .map(|destination| DestinationSnapshot::read(destination))
                 .collect(),
+            stats_server: StatsServerSnapshot::read(&registry.stats_server),
         }
     }
 }
@@ -113,6 +130,17 @@ impl ConnectionsSnapshot {
             rejected: stats.connections_rejected.load(Ordering::Relaxed),
             idle_closed: stats.connections_idle_closed.load(Ordering::Relaxed),
             accept_errors: stats.accept_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl StatsServerSnapshot {
+    fn read(stats: &StatsServerStats) -> StatsServerSnapshot {
+        StatsServerSnapshot {
+            connections_open: stats.connections_open.load(Ordering::Relaxed),
+            connections_accepted: stats.connections_accepted.load(Ordering::Relaxed),
+            connections_rejected: stats.connections_rejected.load(Ordering::Relaxed),
+            connections_timed_out: stats.connections_timed_out.load(Ordering::Relaxed),
         }
     }
 }
@@ -221,6 +249,10 @@ mod tests {
         registry.destinations[0]
             .queued_lines
             .store(8, Ordering::Relaxed);
+        registry
+            .stats_server
+            .connections_rejected
+            .store(9, Ordering::Relaxed);
 
         let snapshot = registry.snapshot();
         assert_eq!(snapshot.lines.received, 7);
@@ -238,6 +270,8 @@ mod tests {
         assert_eq!(json["destinations"][0]["queued_lines"], 8);
         assert_eq!(json["destinations"][0]["dropped"]["shutdown"], 6);
         assert_eq!(json["destinations"][0]["dropped"]["queue_full"], 0);
+        assert_eq!(json["stats_server"]["connections_rejected"], 9);
+        assert_eq!(json["stats_server"]["connections_timed_out"], 0);
         // `serde_json::Value` sorts keys, so check the order on the text.
         let text = serde_json::to_string(&snapshot).unwrap();
         let expected_invalid = r#""invalid":{"empty":0,"fields":0,"value":0,"nan":0,"ts":0,"nul":0,"utf8":0,"path":0,"path_len":2,"path_chars":0,"line_len":0,"partial_eof":0,"partial_timeout":0}"#;

@@ -15,6 +15,8 @@ mod pipeline;
 mod destinations;
 // Many connections: thousands at once, the cap, idle and slowloris connections.
 mod connections;
+// The stats HTTP server on real sockets: its connection cap and header read timeout, and a `/stats` client.
+mod stats_server;
 // The real Graphite peers (collectd, statsd, carbon-cache, carbon-c-relay) end to end; `--features peers`.
 #[cfg(feature = "peers")]
 mod peers;

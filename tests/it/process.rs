@@ -1,10 +1,16 @@
-//! The real binary end to end: signals and exit codes, memory under hostile input, the seed's log lines.
+//! The real binary end to end: signals and exit codes, memory under hostile input, stalled stats clients, the
+//! seed's log lines.
 
 use std::io::Write;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::stats_server::get_stats;
 use crate::support::process::RelayProcess;
-use crate::support::{distinct_lines, eventually, send, sorted, Sink};
+use crate::support::{distinct_lines, eventually, send, sorted, Sink, PATIENCE};
 
 #[tokio::test]
 async fn sigterm_with_a_backlog_delivers_everything_and_exits_0() {
@@ -27,6 +33,99 @@ async fn sigterm_with_a_backlog_delivers_everything_and_exits_0() {
     assert_eq!(status.code(), Some(0), "{}", relay.stderr().join("\n"));
     eventually("every line arrives", || sink.n_lines() >= 200_000).await;
     assert_eq!(sink.sorted_lines(), sorted(&input));
+}
+
+#[tokio::test]
+async fn stalled_stats_clients_never_hold_up_sigterm() {
+    // About 6 MB/s: lines are still flowing to the destination when SIGTERM arrives.
+    let sink = Sink::start_slow(64 * 1024, Duration::from_millis(10)).await;
+    let destination = sink.address().to_string();
+    // Stats timeouts longer than the test, so the stalled clients are still open at SIGTERM and only the shutdown
+    // can end them; a shutdown_timeout the exit must not wait for.
+    let shutdown_timeout = Duration::from_secs(60);
+    let mut config = tempfile::NamedTempFile::new().expect("temp file");
+    config
+        .write_all(b"[stats]\nheader_read_timeout = \"60s\"\nrequest_timeout = \"120s\"\n")
+        .expect("write config");
+    let config_path = config.path().to_str().expect("utf-8 path").to_string();
+    let mut relay = RelayProcess::start(&[
+        "-c",
+        &config_path,
+        "-destinations",
+        &destination,
+        "-stats-addr",
+        "127.0.0.1:0",
+        "-shutdown-timeout",
+        &format!("{}s", shutdown_timeout.as_secs()),
+    ]);
+    let stats_address: SocketAddr = relay
+        .wait_for_log("Runstats started: ")
+        .rsplit("Runstats started: ")
+        .next()
+        .expect("address text")
+        .trim()
+        .parse()
+        .expect("stats address in the log line");
+
+    let input = distinct_lines(9, 200_000);
+    send(relay.listen_address, &input).await;
+    let silent = TcpStream::connect(stats_address).await.expect("connect");
+    let mut half_request = TcpStream::connect(stats_address).await.expect("connect");
+    half_request
+        .write_all(b"GET /sta")
+        .await
+        .expect("send half a request line");
+    let mut never_reads = TcpStream::connect(stats_address).await.expect("connect");
+    never_reads
+        .write_all(b"GET /stats HTTP/1.1\r\nhost: polymur\r\n\r\n")
+        .await
+        .expect("send a request");
+    // Each poll is one more accepted connection, open while it is answered. Wait until the three clients are
+    // accepted and only the silent one, the half request and the poll itself are open.
+    let deadline = Instant::now() + PATIENCE;
+    let mut n_polls = 0;
+    loop {
+        n_polls += 1;
+        let stats = get_stats(stats_address).await;
+        let server = &stats["stats_server"];
+        if server["connections_accepted"] == 3 + n_polls && server["connections_open"] == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stats clients not accepted: {server}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let delivered_before_signal = sink.n_lines();
+    let signalled = Instant::now();
+    relay.signal("TERM");
+    let status = relay.wait();
+    let exited_after = signalled.elapsed();
+    assert_eq!(status.code(), Some(0), "{}", relay.stderr().join("\n"));
+    assert!(
+        delivered_before_signal < 200_000,
+        "no lines left in flight at SIGTERM"
+    );
+    assert!(
+        exited_after < shutdown_timeout / 2,
+        "exit took {exited_after:?}: it waited for the stats clients"
+    );
+    // The relay wrote every line before it exited; the slow destination is still reading them.
+    eventually("every line arrives", || sink.n_lines() >= 200_000).await;
+    assert!(
+        sink.sorted_lines() == sorted(&input),
+        "the destination did not get exactly the lines sent"
+    );
+    // The client that never read was answered in full before the shutdown; the others got nothing.
+    let mut answer = String::new();
+    never_reads
+        .read_to_string(&mut answer)
+        .await
+        .expect("read the buffered answer");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    drop((silent, half_request));
 }
 
 #[tokio::test]
