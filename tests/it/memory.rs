@@ -5,10 +5,10 @@
 //! multiple of it (before the fix, one-line connections each left a 16 KiB batch allocation queued: 160 bytes of
 //! memory per byte counted).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 
-use crate::support::eventually;
+use crate::stats_server::stats_until;
 use crate::support::process::RelayProcess;
 
 /// RSS the relay may have beyond what its queue counts: runtime, allocator arenas, buffers of the connections in
@@ -63,19 +63,22 @@ async fn check_memory_follows_the_queue(
     .expect("sender");
 
     let n_lines = (n_connections * lines_per_connection) as u64;
-    eventually("every line is queued or counted as dropped", || {
-        let stats = stats(stats_address);
-        let destination = &stats["destinations"][0];
-        let dropped: u64 = destination["dropped"]
-            .as_object()
-            .expect("dropped map")
-            .values()
-            .map(|count| count.as_u64().expect("count"))
-            .sum();
-        destination["queued_lines"].as_u64().expect("queued_lines") + dropped == n_lines
-    })
+    let stats = stats_until(
+        stats_address,
+        "every line queued or counted as dropped",
+        |stats| {
+            let destination = &stats["destinations"][0];
+            let dropped: u64 = destination["dropped"]
+                .as_object()
+                .expect("dropped map")
+                .values()
+                .map(|count| count.as_u64().expect("count"))
+                .sum();
+            destination["queued_lines"].as_u64().expect("queued_lines") + dropped == n_lines
+        },
+    )
     .await;
-    let queued_bytes = stats(stats_address)["destinations"][0]["queued_bytes"]
+    let queued_bytes = stats["destinations"][0]["queued_bytes"]
         .as_u64()
         .expect("queued_bytes");
     let rss = relay.rss_bytes();
@@ -103,19 +106,4 @@ fn dead_address() -> SocketAddr {
 fn parse_size(text: &str) -> u64 {
     let mebibytes: u64 = text.trim_end_matches("MiB").parse().expect("size in MiB");
     mebibytes * 1024 * 1024
-}
-
-/// `GET /stats` over a plain HTTP/1.0 request.
-fn stats(address: SocketAddr) -> serde_json::Value {
-    let mut stream = TcpStream::connect(address).expect("connect to the stats server");
-    stream
-        .write_all(b"GET /stats HTTP/1.0\r\nHost: polymur\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body)
-        .expect("headers end");
-    serde_json::from_str(body).expect("JSON body")
 }

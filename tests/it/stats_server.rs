@@ -37,6 +37,23 @@ pub async fn get_stats(address: SocketAddr) -> serde_json::Value {
     serde_json::from_str(&body).expect("JSON stats")
 }
 
+/// Polls `GET /stats` until `condition` holds and returns that answer; panics with `what` after [`PATIENCE`].
+pub async fn stats_until(
+    address: SocketAddr,
+    what: &str,
+    mut condition: impl FnMut(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let stats = get_stats(address).await;
+        if condition(&stats) {
+            return stats;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A relay with the stats server on a free port, with these limits.
 async fn relay_with_stats_server(
     max_connections: usize,
