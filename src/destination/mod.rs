@@ -6,7 +6,9 @@
 //! PostgreSQL and Kafka share the queue and stats machinery).
 
 pub mod backoff;
+pub mod in_flight;
 pub mod queue;
+pub mod unacked;
 pub mod writer;
 
 use std::sync::Arc;
