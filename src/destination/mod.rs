@@ -6,6 +6,7 @@
 //! PostgreSQL and Kafka share the queue and stats machinery).
 
 pub mod backoff;
+pub mod connect;
 pub mod in_flight;
 pub mod queue;
 pub mod unacked;
@@ -19,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DestinationConfig;
 use crate::stats::DestinationStats;
+pub use connect::ConnectSettings;
 pub use queue::{Pushed, Queue, QueueLimits};
 pub use writer::WriterSettings;
 
@@ -48,8 +50,13 @@ impl Destination {
         };
         let queue = Arc::new(Queue::new(limits, stats, room));
         let settings = WriterSettings {
-            address: address.to_string(),
-            connect_timeout: config.connect_timeout,
+            connect: ConnectSettings {
+                address: address.to_string(),
+                connect_timeout: config.connect_timeout,
+                tcp_user_timeout: config.tcp_user_timeout,
+                tcp_keepalive_idle: config.tcp_keepalive_idle,
+                tcp_keepalive_interval: config.tcp_keepalive_interval,
+            },
             write_timeout: config.write_timeout,
             retry_interval: config.retry_interval,
         };

@@ -11,10 +11,11 @@
 //!
 //! Progress is a write that took bytes or an acknowledgement that covered more bytes: a destination that reads slowly
 //! is making progress even while a write waits for room in the send buffer. Only `write_timeout` without either, while
-//! bytes are outstanding, ends the connection (a destination that accepts and never reads). Connects are bounded by
-//! `connect_timeout` and retried with jittered exponential backoff up to `retry_interval`; host names are resolved on
-//! every connect. While idle it watches the socket so that a destination that closes is noticed before the next
-//! write, not by it.
+//! bytes are outstanding, ends the connection (a destination that accepts and never reads); a destination whose
+//! kernel stops acknowledging altogether (dead host, black-holed path) is failed sooner by the kernel itself
+//! (`tcp_user_timeout`, see [`super::connect`]). Connects ([`connect`]) are retried with jittered exponential backoff
+//! up to `retry_interval`. While idle it watches the socket so that a destination that closes is noticed before the
+//! next write, not by it.
 //!
 //! Invariants: a writer touches only its own queue and counters, so a dead, stalled or slow destination costs the
 //! others nothing; a line handed back is whole, and an acknowledged line is never handed back; the writer ends when
@@ -33,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
+use super::connect::{connect, ConnectSettings};
 use super::in_flight::InFlight;
 use super::queue::Queue;
 use super::unacked::unacked_bytes;
@@ -55,11 +57,10 @@ const MAX_IOVECS: usize = 512;
 /// Connection and timing settings of a writer.
 #[derive(Debug, Clone)]
 pub struct WriterSettings {
-    /// `host:port`, resolved on every connect.
-    pub address: String,
-    /// Bound on one connect attempt.
-    pub connect_timeout: Duration,
-    /// Bound on one write that makes no progress.
+    /// Where to connect and the socket options of the connection.
+    pub connect: ConnectSettings,
+    /// Longest time without a write taking bytes or the destination acknowledging more, while lines are
+    /// outstanding, before the connection is given up.
     pub write_timeout: Duration,
     /// Longest delay between reconnect attempts.
     pub retry_interval: Duration,
@@ -107,7 +108,7 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
         if queue.is_drained() {
             return;
         }
-        let Some(connected) = unless_done(&queue, &stop, connect(&settings)).await else {
+        let Some(connected) = unless_done(&queue, &stop, connect(&settings.connect)).await else {
             return;
         };
         let mut stream = match connected {
@@ -117,7 +118,7 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
                 let delay = backoff.next_delay();
                 // The first failure and then every tenth: a destination down for hours must not flood the log.
                 if n_failures == 1 || was_connected || n_failures % 10 == 0 {
-                    warn!(destination = %settings.address, error = %err, retry_in = ?delay, failures = n_failures, "cannot connect to destination");
+                    warn!(destination = %settings.connect.address, error = %err, retry_in = ?delay, failures = n_failures, "cannot connect to destination");
                 }
                 was_connected = false;
                 if unless_done(&queue, &stop, tokio::time::sleep(delay))
@@ -132,7 +133,7 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
         stats.connects.fetch_add(1, Ordering::Relaxed);
         stats.connected.store(true, Ordering::Relaxed);
         queue.mark_progress();
-        info!("Connected to destination: {}", settings.address);
+        info!("Connected to destination: {}", settings.connect.address);
         was_connected = true;
         let mut wrote_any = false;
         let ended = write_until_error(
@@ -154,7 +155,7 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
                     backoff.reset();
                 }
                 let delay = backoff.next_delay();
-                warn!(destination = %settings.address, error = %err, retry_in = ?delay, "lost connection to destination, reconnecting");
+                warn!(destination = %settings.connect.address, error = %err, retry_in = ?delay, "lost connection to destination, reconnecting");
                 if unless_done(&queue, &stop, tokio::time::sleep(delay))
                     .await
                     .is_none()
@@ -227,26 +228,6 @@ async fn wait_drained(queue: &Queue) {
     if !queue.is_drained() {
         std::future::pending::<()>().await;
     }
-}
-
-async fn connect(settings: &WriterSettings) -> io::Result<TcpStream> {
-    let attempt = async {
-        // Resolving here, not once at start, follows a destination whose address changes.
-        let mut last_error = io::Error::new(io::ErrorKind::NotFound, "name resolved to no address");
-        for address in tokio::net::lookup_host(&settings.address).await? {
-            match TcpStream::connect(address).await {
-                Ok(stream) => return Ok(stream),
-                Err(err) => last_error = err,
-            }
-        }
-        Err(last_error)
-    };
-    let stream = tokio::time::timeout(settings.connect_timeout, attempt)
-        .await
-        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-    // Batches are whole; Nagle would only delay the last segment of each write.
-    stream.set_nodelay(true)?;
-    Ok(stream)
 }
 
 /// Writes from the queue to one connection until it fails, the queue is drained, or the writer is told to stop.
