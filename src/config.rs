@@ -142,7 +142,9 @@ pub struct DestinationConfig {
     /// What a full queue does with a new batch: `drop_newest` (default, as the seed), `drop_oldest` (as
     /// carbon-c-relay) or `block` (backpressures *all* senders until there is room, giving up isolation).
     pub overflow: OverflowPolicy,
-    /// Time allowed for a TCP connect. Default `3s`.
+    /// Bound on resolving a destination's name, and on the connect to each address it resolves to (tried in turn,
+    /// so an address that black-holes the connect costs this long and then the next is tried). A connect attempt
+    /// takes at most this times one plus the number of addresses. Default `3s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// A connection on which, for this long, no write took bytes and the destination acknowledged nothing new, while

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DestinationConfig;
 use crate::stats::DestinationStats;
-pub use connect::ConnectSettings;
+pub use connect::{ConnectSettings, Resolve, SystemResolver};
 pub use queue::{Pushed, Queue, QueueLimits};
 pub use writer::WriterSettings;
 
@@ -52,6 +52,7 @@ impl Destination {
         let settings = WriterSettings {
             connect: ConnectSettings {
                 address: address.to_string(),
+                resolver: Arc::new(SystemResolver),
                 connect_timeout: config.connect_timeout,
                 tcp_user_timeout: config.tcp_user_timeout,
                 tcp_keepalive_idle: config.tcp_keepalive_idle,

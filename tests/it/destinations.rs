@@ -8,7 +8,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
+use polymur::batch::Batch;
+use polymur::config::OverflowPolicy;
+use polymur::destination::connect::Resolving;
+use polymur::destination::writer::{self, WriterSettings};
+use polymur::destination::{ConnectSettings, Queue, QueueLimits, Resolve};
+use polymur::stats::DestinationStats;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use crate::support::{
     self, distinct_lines, eventually, send, sorted, Sink, StalledSink, TestRelay,
@@ -174,23 +183,42 @@ async fn the_block_policy_slows_everyone_to_the_slowest_destination_and_loses_no
     relay.shutdown().await;
 }
 
+/// A listener that never accepts, with its backlog filled: connects to it stay in SYN-SENT (the kernel drops their
+/// SYNs). Keep it alive for as long as the black hole is needed.
+struct BlackHole {
+    address: SocketAddr,
+    _listener: tokio::net::TcpListener,
+    _fillers: Vec<tokio::net::TcpStream>,
+}
+
+impl BlackHole {
+    async fn start() -> BlackHole {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.0.1:0".parse().expect("address"))
+            .expect("bind");
+        let listener = socket.listen(1).expect("listen");
+        let address = listener.local_addr().expect("address");
+        let mut fillers = Vec::new();
+        for _ in 0..2 {
+            fillers.push(
+                tokio::net::TcpStream::connect(address)
+                    .await
+                    .expect("fill the backlog"),
+            );
+        }
+        BlackHole {
+            address,
+            _listener: listener,
+            _fillers: fillers,
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_black_holed_destination_fails_its_connect_after_the_connect_timeout() {
-    // A listener that never accepts, with its backlog filled: later connects stay in SYN-SENT.
-    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket
-        .bind("127.0.0.1:0".parse().expect("address"))
-        .expect("bind");
-    let listener = socket.listen(1).expect("listen");
-    let address = listener.local_addr().expect("address");
-    let mut fillers = Vec::new();
-    for _ in 0..2 {
-        fillers.push(
-            tokio::net::TcpStream::connect(address)
-                .await
-                .expect("fill the backlog"),
-        );
-    }
+    let black_hole = BlackHole::start().await;
+    let address = black_hole.address;
     let mut config = support::config(&[address]);
     config.destination.connect_timeout = Duration::from_millis(200);
     let relay = TestRelay::start(config).await;
@@ -201,7 +229,83 @@ async fn a_black_holed_destination_fails_its_connect_after_the_connect_timeout()
     .await;
     assert_eq!(destination.connects.load(Ordering::Relaxed), 0);
     relay.shutdown().await;
-    drop(listener);
+    drop(black_hole);
+}
+
+/// A resolver that gives fixed addresses, in order, and counts its calls.
+#[derive(Debug)]
+struct FixedResolver {
+    addresses: Vec<SocketAddr>,
+    n_calls: AtomicUsize,
+}
+
+impl Resolve for FixedResolver {
+    fn resolve<'a>(&'a self, _address: &'a str) -> Resolving<'a> {
+        self.n_calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async move { Ok(self.addresses.clone()) })
+    }
+}
+
+#[tokio::test]
+async fn a_first_address_that_black_holes_the_connect_costs_its_own_timeout_and_no_more() {
+    const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+    const N_LINES: usize = 100;
+    let black_hole = BlackHole::start().await;
+    let sink = Sink::start().await;
+    let resolver = Arc::new(FixedResolver {
+        addresses: vec![black_hole.address, sink.address()],
+        n_calls: AtomicUsize::new(0),
+    });
+    let stats = DestinationStats::new("graphite.test:2003");
+    let limits = QueueLimits {
+        max_lines: 1_000_000,
+        max_bytes: 1 << 20,
+        overflow: OverflowPolicy::DropNewest,
+    };
+    let queue = Arc::new(Queue::new(
+        limits,
+        Arc::clone(&stats),
+        Arc::new(Notify::new()),
+    ));
+    let input = distinct_lines(7, N_LINES);
+    queue.push(Batch::new(Bytes::from(input.clone()), N_LINES as u32));
+    let settings = WriterSettings {
+        connect: ConnectSettings {
+            address: "graphite.test:2003".to_string(),
+            resolver: Arc::clone(&resolver) as Arc<dyn Resolve>,
+            connect_timeout: CONNECT_TIMEOUT,
+            tcp_user_timeout: Duration::from_secs(5),
+            tcp_keepalive_idle: Duration::from_secs(10),
+            tcp_keepalive_interval: Duration::from_secs(5),
+        },
+        write_timeout: Duration::from_secs(5),
+        retry_interval: Duration::from_secs(30),
+    };
+    let started = tokio::time::Instant::now();
+    let writer = tokio::spawn(writer::run(
+        Arc::clone(&queue),
+        settings,
+        CancellationToken::new(),
+    ));
+    eventually("the lines arrive through the second address", || {
+        sink.n_lines() >= N_LINES
+    })
+    .await;
+    let elapsed = started.elapsed();
+    // The first address was tried and given its whole timeout, and the second was tried at once after it, in the
+    // same attempt: before, one bound on the whole attempt let the first address starve the second forever.
+    assert!(
+        elapsed >= CONNECT_TIMEOUT && elapsed < 2 * CONNECT_TIMEOUT,
+        "connected after {elapsed:?}"
+    );
+    assert_eq!(stats.connects.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.connect_failures.load(Ordering::Relaxed), 0);
+    assert_eq!(resolver.n_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(sink.sorted_lines(), sorted(&input));
+    queue.close();
+    writer.await.expect("the writer drains and ends");
+    assert_eq!(stats.sent_lines.load(Ordering::Relaxed), N_LINES as u64);
+    drop(black_hole);
 }
 
 #[tokio::test]
