@@ -40,6 +40,9 @@ fn a_black_holed_path_loses_nothing_and_resends_only_what_was_never_acknowledged
             destination.sent_lines.load(Ordering::Relaxed) == N_BEFORE as u64
         })
         .await;
+        // And read them: its receive window is then wide open, so what comes next is sent at once, without
+        // waiting for a window update.
+        eventually("the sink read every line", || sink.n_lines() == N_BEFORE).await;
 
         // Both directions dark: nothing more reaches the sink, no acknowledgement comes back.
         namespace.drop_packets(&[
@@ -103,6 +106,9 @@ fn lines_whose_acknowledgements_were_lost_are_resent_and_every_duplicate_is_coun
             destination.sent_lines.load(Ordering::Relaxed) == N_BEFORE as u64
         })
         .await;
+        // And read them: its receive window is then wide open, so what comes next is sent at once, without
+        // waiting for a window update.
+        eventually("the sink read every line", || sink.n_lines() == N_BEFORE).await;
 
         // Only the sink's packets are dropped: its process reads the lines, but no acknowledgement comes back.
         namespace.drop_packets(&[&format!("tcp sport {}", sink.address().port())]);
