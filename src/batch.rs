@@ -80,6 +80,40 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.bytes.is_empty()
     }
+
+    /// Splits the batch after the last line that ends within its first `n_bytes` bytes: the whole lines of that
+    /// prefix, and the rest, sharing this batch's bytes. `None` when no line ends within the prefix, or when every
+    /// line does (there is nothing to split off).
+    ///
+    /// The writer uses it when the destination acknowledged part of a batch: the acknowledged lines leave the queue,
+    /// the rest stays to be resent if the connection fails.
+    pub fn split_at_line(&self, n_bytes: usize) -> Option<(Batch, Batch)> {
+        let prefix = &self.bytes[..n_bytes.min(self.len())];
+        let n_head_bytes = memchr::memrchr(b'\n', prefix)? + 1;
+        if n_head_bytes == self.len() {
+            return None;
+        }
+        let n_head_lines = memchr::memchr_iter(b'\n', &prefix[..n_head_bytes]).count() as u32;
+        // The two parts share this batch's memory and must add up to it exactly, since the queue counted it once and
+        // takes each part out of its count: the head is charged its bytes, the tail keeps the rest (its bytes, the
+        // bookkeeping and any allocation it still pins).
+        let head_memory_bytes = n_head_bytes as u32;
+        let head = Batch {
+            bytes: self.bytes.slice(..n_head_bytes),
+            n_lines: n_head_lines,
+            memory_bytes: head_memory_bytes,
+        };
+        let tail = Batch {
+            bytes: self.bytes.slice(n_head_bytes..),
+            n_lines: self.n_lines - n_head_lines,
+            memory_bytes: self.memory_bytes - head_memory_bytes,
+        };
+        debug_assert_eq!(
+            memchr::memchr_iter(b'\n', &tail.bytes).count(),
+            tail.n_lines as usize
+        );
+        Some((head, tail))
+    }
 }
 
 /// A batch being filled by one connection.
@@ -206,6 +240,32 @@ mod tests {
         let mut builder = BatchBuilder::new(100, 10);
         builder.push_line(b"abcdefghij");
         assert!(builder.is_full());
+    }
+
+    #[test]
+    fn split_at_line_cuts_after_the_last_line_within_the_prefix() {
+        let batch = Batch::new(Bytes::from_static(b"a 1 1\nbb 2 2\nc 3 3\n"), 3);
+        // `split_at_line` checks each half's line count in debug builds.
+        let check = |n_bytes: usize, expected: Option<(&str, &str)>| {
+            let text = |half: &Batch| String::from_utf8(half.bytes().to_vec()).unwrap();
+            let split = batch.split_at_line(n_bytes);
+            if let Some((head, tail)) = &split {
+                // The queue counted the batch's memory once and takes each half out of it.
+                assert_eq!(head.memory_bytes() + tail.memory_bytes(), batch.memory_bytes());
+                assert!(tail.memory_bytes() >= tail.len() + BATCH_OVERHEAD_BYTES);
+            }
+            let split = split.as_ref().map(|(head, tail)| (text(head), text(tail)));
+            let expected = expected.map(|(head, tail)| (head.to_string(), tail.to_string()));
+            assert_eq!(split, expected, "n_bytes {n_bytes}");
+        };
+        check(0, None);
+        check(5, None);
+        check(6, Some(("a 1 1\n", "bb 2 2\nc 3 3\n")));
+        check(12, Some(("a 1 1\n", "bb 2 2\nc 3 3\n")));
+        check(13, Some(("a 1 1\nbb 2 2\n", "c 3 3\n")));
+        check(18, Some(("a 1 1\nbb 2 2\n", "c 3 3\n")));
+        check(19, None);
+        check(1000, None);
     }
 
     #[test]

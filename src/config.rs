@@ -147,12 +147,32 @@ pub struct DestinationConfig {
     /// What a full queue does with a new batch: `drop_newest` (default, as the seed), `drop_oldest` (as
     /// carbon-c-relay) or `block` (backpressures *all* senders until there is room, giving up isolation).
     pub overflow: OverflowPolicy,
-    /// Time allowed for a TCP connect. Default `3s`.
+    /// Bound on resolving a destination's name, and on the connect to each address it resolves to (tried in turn,
+    /// so an address that black-holes the connect costs this long and then the next is tried). A connect attempt
+    /// takes at most this times one plus the number of addresses. Default `3s`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
-    /// A write that makes no progress for this long closes the connection and re-queues the batch. Default `5s`.
+    /// A connection on which, for this long, no write took bytes and the destination acknowledged nothing new, while
+    /// lines were outstanding, is closed and its unacknowledged lines re-queued: a destination that accepts and never
+    /// reads. A slow destination acknowledges, and so is never cut. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub write_timeout: Duration,
+    /// `TCP_USER_TIMEOUT` of destination sockets: the kernel fails a connection whose written bytes, or keepalive
+    /// probes, stay unacknowledged this long, so a destination host that died or a path that black-holes is noticed
+    /// in seconds instead of the kernel's 15 minutes, and its unacknowledged lines are sent again after a reconnect.
+    /// Default `5s`, the same as `write_timeout`: a live destination's kernel acknowledges within a round trip even
+    /// when its process does not read. `0s` leaves the kernel's default.
+    #[serde(with = "humantime_serde")]
+    pub tcp_user_timeout: Duration,
+    /// TCP keepalive on destination sockets: the first probe after this long without traffic, so a destination that
+    /// vanished while the relay had nothing to send is noticed (with `tcp_user_timeout`) before the next line is
+    /// lost into it. Default `10s`; must be more than `0s`.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive_idle: Duration,
+    /// Interval between keepalive probes. Default `5s`; must be more than `0s`. With `tcp_user_timeout` set, the
+    /// connection fails once probes have gone unanswered for `tcp_user_timeout`; without it, after 3 probes.
+    #[serde(with = "humantime_serde")]
+    pub tcp_keepalive_interval: Duration,
     /// Longest pause between reconnect attempts; the backoff starts at 100 ms and doubles, with jitter.
     /// Default `30s` (the seed's retry interval).
     #[serde(with = "humantime_serde")]
@@ -277,6 +297,9 @@ impl Default for DestinationConfig {
             overflow: OverflowPolicy::DropNewest,
             connect_timeout: Duration::from_secs(3),
             write_timeout: Duration::from_secs(5),
+            tcp_user_timeout: Duration::from_secs(5),
+            tcp_keepalive_idle: Duration::from_secs(10),
+            tcp_keepalive_interval: Duration::from_secs(5),
             retry_interval: Duration::from_secs(30),
         }
     }
@@ -390,6 +413,10 @@ impl Config {
             ),
             ("destination.write_timeout", self.destination.write_timeout),
             (
+                "destination.tcp_user_timeout",
+                self.destination.tcp_user_timeout,
+            ),
+            (
                 "destination.retry_interval",
                 self.destination.retry_interval,
             ),
@@ -447,10 +474,38 @@ impl Config {
                 "destination.retry_interval",
                 self.destination.retry_interval,
             ),
+            (
+                "destination.tcp_keepalive_idle",
+                self.destination.tcp_keepalive_idle,
+            ),
+            (
+                "destination.tcp_keepalive_interval",
+                self.destination.tcp_keepalive_interval,
+            ),
         ] {
             if duration.is_zero() {
                 return invalid(key, "must be more than 0s");
             }
+        }
+        for (key, duration) in [
+            (
+                "destination.tcp_keepalive_idle",
+                self.destination.tcp_keepalive_idle,
+            ),
+            (
+                "destination.tcp_keepalive_interval",
+                self.destination.tcp_keepalive_interval,
+            ),
+        ] {
+            if duration > MAX_TCP_KEEPALIVE {
+                return invalid(key, "must be at most 32767s (the kernel's limit)");
+            }
+        }
+        if self.destination.tcp_user_timeout > MAX_TCP_USER_TIMEOUT {
+            return invalid(
+                "destination.tcp_user_timeout",
+                "must be at most 24 days (the kernel's limit)",
+            );
         }
         if !self.stats.address.is_empty() && split_bind_address(&self.stats.address).is_none() {
             return invalid("stats.address", "must be host:port or empty");
@@ -484,6 +539,12 @@ impl Config {
 
 /// Longest duration any setting takes: far beyond any sensible value, and safe to add to an `Instant`.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// Longest keepalive idle time and probe interval Linux accepts (`MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`).
+const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(32_767);
+
+/// Longest `TCP_USER_TIMEOUT`, an `int` of milliseconds, rounded down to whole days.
+const MAX_TCP_USER_TIMEOUT: Duration = Duration::from_secs(24 * 24 * 60 * 60);
 
 /// Most connections `listen.max_connections` and `stats.max_connections` may allow; file descriptors run out long
 /// before.

@@ -6,8 +6,11 @@
 //! PostgreSQL and Kafka share the queue and stats machinery).
 
 pub mod backoff;
+pub mod connect;
 pub mod identity;
+pub mod in_flight;
 pub mod queue;
+pub mod unacked;
 pub mod writer;
 
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::DestinationConfig;
 use crate::stats::DestinationStats;
+pub use connect::{ConnectSettings, Resolve, SystemResolver};
 pub use identity::Identity;
 pub use queue::{Pushed, Queue, QueueLimits};
 pub use writer::WriterSettings;
@@ -49,8 +53,14 @@ impl Destination {
         let queue = Arc::new(Queue::new(limits, stats, room));
         let settings = WriterSettings {
             name: identity.to_string(),
-            address: identity.connect_address(),
-            connect_timeout: config.connect_timeout,
+            connect: ConnectSettings {
+                address: identity.connect_address(),
+                resolver: Arc::new(SystemResolver),
+                connect_timeout: config.connect_timeout,
+                tcp_user_timeout: config.tcp_user_timeout,
+                tcp_keepalive_idle: config.tcp_keepalive_idle,
+                tcp_keepalive_interval: config.tcp_keepalive_interval,
+            },
             write_timeout: config.write_timeout,
             retry_interval: config.retry_interval,
         };

@@ -1,8 +1,8 @@
 //! One destination's queue: batches waiting for its writer, bounded in lines and in bytes.
 //!
-//! The router pushes shared batches in; the destination's writer takes many at once, and hands back the ones it
-//! could not write, at the head, in order (at-least-once). Lines count as queued until the writer reports them
-//! written, so the bounds cover batches in flight too and `queued_lines` in stats is exact. A small priority lane
+//! The router pushes shared batches in; the destination's writer takes many at once, and hands back what the
+//! destination did not acknowledge, at the head, in order (at-least-once). Lines count as queued until the writer
+//! reports them acknowledged, so the bounds cover batches in flight too and `queued_lines` in stats is exact. A small priority lane
 //! carries the relay's self-metrics, which must get out even when user traffic fills the queue.
 //!
 //! Invariants: the queue never holds more than its byte and line bounds (the priority lane has its own small bound;
@@ -74,7 +74,8 @@ pub struct Queue {
     closed: CancellationToken,
     /// Shared by every queue and the router: woken when a writer frees room, for paced and `block` senders.
     room: Arc<Notify>,
-    /// When the writer last made progress (wrote, or had nothing to write), in ms since `epoch`.
+    /// When the writer last made progress (a write took bytes, the destination acknowledged more, or it had nothing
+    /// to write), in ms since `epoch`.
     last_progress_ms: AtomicU64,
     /// False while the destination is known to be slower than the others: it then lags, within its bounds, instead
     /// of making senders wait. Set again when it catches up (becomes hungry).
@@ -89,7 +90,7 @@ struct State {
     batches: VecDeque<Batch>,
     priority: VecDeque<Batch>,
     priority_bytes: usize,
-    /// Lines and bytes admitted and not yet written (queued plus in flight).
+    /// Lines and bytes admitted and not yet acknowledged by the destination (queued plus in flight).
     n_lines: usize,
     n_bytes: usize,
     closed: bool,
@@ -266,7 +267,8 @@ impl Queue {
         self.data_ready.notify_one();
     }
 
-    /// Records that the writer wrote these batches: they leave the queue's accounting and count as sent.
+    /// Records that the destination acknowledged these batches (whole batches, or the acknowledged lines split off
+    /// one): they leave the queue's accounting and count as sent.
     pub fn complete(&self, batches: &[Batch]) {
         let n_lines: usize = batches.iter().map(|batch| batch.n_lines() as usize).sum();
         let n_bytes: usize = batches.iter().map(Batch::len).sum();
@@ -309,7 +311,7 @@ impl Queue {
         self.closed.cancelled().await;
     }
 
-    /// True once the queue is closed and every admitted line was written: the writer has nothing left to do.
+    /// True once the queue is closed and every admitted line was acknowledged: the writer has nothing left to do.
     pub fn is_drained(&self) -> bool {
         let state = self.state.lock();
         state.closed && state.n_lines == 0
@@ -361,7 +363,8 @@ impl Queue {
         self.pacing.store(false, Ordering::Relaxed);
     }
 
-    /// Records that the writer is keeping up (it wrote, or has nothing to write).
+    /// Records that the writer is keeping up: a write took bytes, the destination acknowledged more, or it has
+    /// nothing to write.
     pub fn mark_progress(&self) {
         let now_ms = self.epoch.elapsed().as_millis() as u64;
         self.last_progress_ms.store(now_ms, Ordering::Relaxed);

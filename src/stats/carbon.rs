@@ -24,7 +24,9 @@
 //! `empty` (carbon-c-relay also counts the empty line a CRLF leaves behind, which we do not call invalid),
 //! `metricsBlackholed` = `lines_dropped_no_destination`, per destination `sent` = `sent_lines`, `queued` =
 //! `queued_lines`, `dropped` = every reason of `dropped_lines`, `connections` = `connections_accepted`, and
-//! `disconnects` = `connections_accepted - connections_open`. Not sent, for want of a counterpart: `stalls` and
+//! `disconnects` = `connections_accepted - connections_open`. Ours alone, with no carbon-c-relay counterpart:
+//! per destination `resent` = `resent_lines`, the lines queued again after a connection failed before the
+//! destination acknowledged them. Not sent, for want of a counterpart: `stalls` and
 //! `metricStalls` (we never stall a client to wait for a queue), the `wallTime_us`/`sleepTime_us` timings, the
 //! per-`dispatcherN` copies, and the `destinations.internal` entry of carbon-c-relay's own submission queue.
 
@@ -48,7 +50,7 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
     let mut lines = Lines {
         prefix,
         timestamp_secs,
-        text: String::with_capacity(128 * (8 + 3 * snapshot.destinations.len())),
+        text: String::with_capacity(128 * (8 + 4 * snapshot.destinations.len())),
         n_lines: 0,
     };
     lines.push("metricsReceived", snapshot.lines.received);
@@ -65,6 +67,10 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
         lines.push(&format!("destinations.{name}.sent"), destination.sent_lines);
         lines.push(&format!("destinations.{name}.queued"), n_queued);
         lines.push(&format!("destinations.{name}.dropped"), n_dropped);
+        lines.push(
+            &format!("destinations.{name}.resent"),
+            destination.resent_lines,
+        );
         n_sent_total += destination.sent_lines;
         n_queued_total += n_queued;
         n_dropped_total += n_dropped;
@@ -192,6 +198,7 @@ mod tests {
         second.queued_lines.store(20, Ordering::Relaxed);
         second.add_dropped(DropReason::QueueFull, 250);
         second.add_dropped(DropReason::Shutdown, 30);
+        second.resent_lines.store(40, Ordering::Relaxed);
 
         check(
             &registry.snapshot(),
@@ -201,9 +208,11 @@ mod tests {
              carbon.relays.relay1.destinations.10_0_5_20:2003.sent 900 1431357190\n\
              carbon.relays.relay1.destinations.10_0_5_20:2003.queued 100 1431357190\n\
              carbon.relays.relay1.destinations.10_0_5_20:2003.dropped 0 1431357190\n\
+             carbon.relays.relay1.destinations.10_0_5_20:2003.resent 0 1431357190\n\
              carbon.relays.relay1.destinations.graphite_example_com:2004_b.sent 700 1431357190\n\
              carbon.relays.relay1.destinations.graphite_example_com:2004_b.queued 20 1431357190\n\
              carbon.relays.relay1.destinations.graphite_example_com:2004_b.dropped 280 1431357190\n\
+             carbon.relays.relay1.destinations.graphite_example_com:2004_b.resent 40 1431357190\n\
              carbon.relays.relay1.metricsSent 1600 1431357190\n\
              carbon.relays.relay1.metricsQueued 120 1431357190\n\
              carbon.relays.relay1.metricsDropped 280 1431357190\n\
@@ -231,6 +240,7 @@ mod tests {
              carbon.relays.relay1.destinations.127_0_0_1:2003.sent 0 1431357190\n\
              carbon.relays.relay1.destinations.127_0_0_1:2003.queued 0 1431357190\n\
              carbon.relays.relay1.destinations.127_0_0_1:2003.dropped 0 1431357190\n\
+             carbon.relays.relay1.destinations.127_0_0_1:2003.resent 0 1431357190\n\
              carbon.relays.relay1.metricsSent 0 1431357190\n\
              carbon.relays.relay1.metricsQueued 0 1431357190\n\
              carbon.relays.relay1.metricsDropped 0 1431357190\n\

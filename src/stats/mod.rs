@@ -111,14 +111,14 @@ pub struct DestinationStats {
     pub address: String,
     /// True while a connection to the destination is open.
     pub connected: AtomicBool,
-    /// Lines in the queue now (including the batches being written).
+    /// Lines in the queue now (including those written and not yet acknowledged).
     pub queued_lines: AtomicI64,
-    /// Bytes of memory the queued batches keep alive now (including the batches being written), as counted against
-    /// `queue_max_bytes`: line bytes plus each batch's bookkeeping (`batch::Batch::memory_bytes`).
+    /// Bytes of memory the queued batches keep alive now (including those written and not yet acknowledged), as
+    /// counted against `queue_max_bytes`: line bytes plus each batch's bookkeeping (`batch::Batch::memory_bytes`).
     pub queued_bytes: AtomicI64,
-    /// Lines written to the destination's socket.
+    /// Lines the destination's kernel acknowledged (each counted once, however often it was written).
     pub sent_lines: AtomicU64,
-    /// Bytes written to the destination's socket.
+    /// Bytes of those lines.
     pub sent_bytes: AtomicU64,
     /// Lines dropped, by [`DropReason`].
     pub dropped_lines: [AtomicU64; DropReason::ALL.len()],
@@ -130,6 +130,9 @@ pub struct DestinationStats {
     pub disconnects: AtomicU64,
     /// Writes that made no progress within `destination.write_timeout`.
     pub write_timeouts: AtomicU64,
+    /// Lines written to a connection that failed before the destination acknowledged them, and so queued again to
+    /// be sent once more. The destination may have read some of them: this bounds the duplicates it can see.
+    pub resent_lines: AtomicU64,
 }
 
 /// Why a destination dropped lines.
@@ -195,6 +198,7 @@ impl DestinationStats {
             connect_failures: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             write_timeouts: AtomicU64::new(0),
+            resent_lines: AtomicU64::new(0),
         })
     }
 

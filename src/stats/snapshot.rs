@@ -88,9 +88,9 @@ pub struct DestinationSnapshot {
     pub queued_lines: i64,
     /// Bytes of memory the queued batches keep alive now, as counted against `queue_max_bytes` (a gauge).
     pub queued_bytes: i64,
-    /// Lines written to the destination's socket.
+    /// Lines the destination's kernel acknowledged.
     pub sent_lines: u64,
-    /// Bytes written to the destination's socket.
+    /// Bytes of those lines.
     pub sent_bytes: u64,
     /// `dropped_lines`, indexed by `DropReason as usize`; JSON keys are [`DropReason::name`].
     #[serde(serialize_with = "serialize_dropped")]
@@ -103,6 +103,8 @@ pub struct DestinationSnapshot {
     pub disconnects: u64,
     /// Writes that made no progress within `destination.write_timeout`.
     pub write_timeouts: u64,
+    /// Lines written to a failed connection before the destination acknowledged them, and queued again.
+    pub resent_lines: u64,
 }
 
 impl Snapshot {
@@ -195,6 +197,7 @@ impl DestinationSnapshot {
             connect_failures: stats.connect_failures.load(Ordering::Relaxed),
             disconnects: stats.disconnects.load(Ordering::Relaxed),
             write_timeouts: stats.write_timeouts.load(Ordering::Relaxed),
+            resent_lines: stats.resent_lines.load(Ordering::Relaxed),
         }
     }
 }

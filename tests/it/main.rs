@@ -20,3 +20,6 @@ mod stats_server;
 // The real Graphite peers (collectd, statsd, carbon-cache, carbon-c-relay) end to end; `--features peers`.
 #[cfg(feature = "peers")]
 mod peers;
+// A destination behind a path that black-holes (a network namespace and nft); `--features peers`.
+#[cfg(feature = "peers")]
+mod black_hole;
