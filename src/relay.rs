@@ -25,7 +25,7 @@ use crate::config::Config;
 use crate::destination::{Destination, Queue};
 use crate::http;
 use crate::line::Rules;
-use crate::listener::{self, ConnectionContext, ReadBufferBudget};
+use crate::input::tcp::{self, ConnectionContext, ReadBufferBudget};
 use crate::router::Router;
 use crate::stats::{self, DropReason, Registry};
 
@@ -78,12 +78,12 @@ impl Relay {
         config.validate()?;
         let registry = Arc::new(Registry::new(&config.destinations));
 
-        let listener = listener::bind(&config.listen.address, config.listen.port).await?;
+        let listener = tcp::bind(&config.listen.address, config.listen.port).await?;
         let listen_address = listener
             .local_addr()
             .context("cannot read the listener's address")?;
         let stats_listener = match crate::config::split_bind_address(&config.stats.address) {
-            Some((host, port)) => Some(listener::bind(host, port).await?),
+            Some((host, port)) => Some(tcp::bind(host, port).await?),
             None => None,
         };
 
@@ -127,7 +127,7 @@ impl Relay {
         let connections = TaskTracker::new();
         let edge_tasks = TaskTracker::new();
         info!("Metrics listener started: {listen_address}");
-        edge_tasks.spawn(listener::run(
+        edge_tasks.spawn(tcp::run(
             listener,
             context,
             edges.clone(),

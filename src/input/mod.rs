@@ -1,0 +1,3 @@
+//! Inputs: where lines enter the relay.
+
+pub mod tcp;
