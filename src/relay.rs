@@ -24,8 +24,8 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::destination::{Destination, Queue};
 use crate::http;
-use crate::line::Rules;
 use crate::input::tcp::{self, ConnectionContext, ReadBufferBudget};
+use crate::line::Rules;
 use crate::router::Router;
 use crate::stats::{self, DropReason, Registry};
 

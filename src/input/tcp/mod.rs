@@ -1,6 +1,6 @@
-//! The plaintext TCP listener: the accept loop, and one task per connection ([`connection`]).
+//! The plaintext TCP input: the accept loop, and one task per connection ([`connection`]).
 //!
-//! First stage of the pipeline. The accept loop enforces `max_connections` by accepting and closing at once
+//! One of the [inputs](crate::input). The accept loop enforces `max_connections` by accepting and closing at once
 //! (counted as rejected, so a client sees a clear close instead of hanging in the backlog), sets TCP keepalive on
 //! every connection, and survives `EMFILE` and friends with a short backoff. It is an edge: it watches the shutdown
 //! token, stops accepting when it fires, and lets the connections read what their clients already sent.
