@@ -24,7 +24,8 @@
 //! `empty` (carbon-c-relay also counts the empty line a CRLF leaves behind, which we do not call invalid),
 //! `metricsBlackholed` = `lines_dropped_no_destination`, per destination `sent` = `sent_lines`, `queued` =
 //! `queued_lines`, `dropped` = every reason of `dropped_lines`, `connections` = `connections_accepted`, and
-//! `disconnects` = `connections_accepted - connections_open`. Not sent, for want of a counterpart: `stalls` and
+//! `disconnects` = `connections_accepted - connections_open`. Ours alone: `acceptErrors` = `accept_errors` (errors
+//! of the accept loop, such as `EMFILE`), which carbon-c-relay does not count. Not sent, for want of a counterpart: `stalls` and
 //! `metricStalls` (we never stall a client to wait for a queue), the `wallTime_us`/`sleepTime_us` timings, the
 //! per-`dispatcherN` copies, and the `destinations.internal` entry of carbon-c-relay's own submission queue.
 
@@ -82,6 +83,8 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
             .accepted
             .saturating_sub(n_connections_open),
     );
+    // Not one of carbon-c-relay's names: an accept loop out of descriptors is worth a graph of its own.
+    lines.push("acceptErrors", snapshot.connections.accept_errors);
 
     let n_lines = lines.n_lines;
     Batch::new(Bytes::from(lines.text), n_lines)
@@ -183,6 +186,7 @@ mod tests {
         relay.lines_invalid[Invalid::Empty as usize].store(50, Ordering::Relaxed);
         relay.connections_accepted.store(12, Ordering::Relaxed);
         relay.connections_open.store(2, Ordering::Relaxed);
+        relay.accept_errors.store(4, Ordering::Relaxed);
         let first = &registry.destinations[0];
         first.sent_lines.store(900, Ordering::Relaxed);
         first.queued_lines.store(100, Ordering::Relaxed);
@@ -207,7 +211,8 @@ mod tests {
              carbon.relays.relay1.metricsQueued 120 1431357190\n\
              carbon.relays.relay1.metricsDropped 280 1431357190\n\
              carbon.relays.relay1.connections 12 1431357190\n\
-             carbon.relays.relay1.disconnects 10 1431357190\n",
+             carbon.relays.relay1.disconnects 10 1431357190\n\
+             carbon.relays.relay1.acceptErrors 4 1431357190\n",
         );
     }
 
@@ -234,7 +239,8 @@ mod tests {
              carbon.relays.relay1.metricsQueued 0 1431357190\n\
              carbon.relays.relay1.metricsDropped 0 1431357190\n\
              carbon.relays.relay1.connections 0 1431357190\n\
-             carbon.relays.relay1.disconnects 0 1431357190\n",
+             carbon.relays.relay1.disconnects 0 1431357190\n\
+             carbon.relays.relay1.acceptErrors 0 1431357190\n",
         );
     }
 

@@ -1,6 +1,6 @@
 //! The real `polymur` binary as a child process: started on port 0, its stderr collected, stopped by pid.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -121,6 +121,72 @@ impl RelayProcess {
         }
     }
 
+    /// The stats server's address, read from its `Runstats started: ...` log line (start with `-stats-addr`).
+    pub fn stats_address(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("Runstats started: ");
+        line.rsplit("Runstats started: ")
+            .next()
+            .expect("address text")
+            .trim()
+            .parse()
+            .expect("stats address in the log line")
+    }
+
+    /// `GET /stats` from the stats server, as JSON.
+    pub fn stats(&mut self) -> serde_json::Value {
+        let mut stream =
+            std::net::TcpStream::connect(self.stats_address()).expect("connect to /stats");
+        stream
+            .write_all(b"GET /stats HTTP/1.1\r\nHost: polymur\r\nConnection: close\r\n\r\n")
+            .expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        serde_json::from_str(body).expect("JSON body")
+    }
+
+    /// The numbers of the descriptors the child has open, from `/proc/PID/fd`.
+    pub fn open_descriptors(&self) -> Vec<u64> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc fd")
+            .map(|entry| {
+                let entry = entry.expect("fd entry");
+                entry
+                    .file_name()
+                    .to_str()
+                    .expect("fd name")
+                    .parse()
+                    .expect("fd number")
+            })
+            .collect()
+    }
+
+    /// Sets the child's soft and hard `RLIMIT_NOFILE` to `limit`: it can no longer open a descriptor numbered
+    /// `limit` or higher. Lowering the hard limit too keeps it there, whatever the child does.
+    pub fn limit_open_files(&self, limit: u64) {
+        let pid = i32::try_from(self.pid()).expect("pid fits pid_t");
+        rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((limit, limit)), None)
+            .expect("prlimit on the child");
+    }
+
+    /// CPU time the child has used so far, user and system, from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read /proc stat");
+        // The command name in parentheses may hold spaces; the fields after it do not. utime and stime are the
+        // 14th and 15th fields, the 12th and 13th after the name.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("stat has a command name")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
+    }
+
     /// The peak resident set size, from `/proc/PID/status` (`VmHWM`), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
@@ -144,6 +210,18 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `sysconf(_SC_CLK_TCK)`, the unit of the CPU times in `/proc/PID/stat`, as `getconf` reports it.
+fn clock_ticks_per_second() -> u64 {
+    let output = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("run getconf");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK")
 }
 
 fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {
