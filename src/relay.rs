@@ -6,8 +6,8 @@
 //! Shutdown ([`Relay::shutdown`]), bounded as a whole by `shutdown_timeout`: stop accepting and stop pacing; let
 //! connections read what their clients send for one second and hand over their last batches; close the queues; let
 //! writers drain; at the deadline stop them and count what is left per destination as dropped (`shutdown`), logged
-//! at ERROR; then the log ticker's last report. Queues and writers never watch a shutdown token: they end when their
-//! input ends.
+//! at ERROR; let `-console-out` print what it still holds, until the deadline; then the log ticker's last report.
+//! Queues and writers never watch a shutdown token: they end when their input ends.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -48,6 +48,8 @@ pub struct Relay {
     log_ticker_stop: CancellationToken,
     queues: Vec<Arc<Queue>>,
     writers: Vec<JoinHandle<()>>,
+    /// Kept for the end of shutdown: the `-console-out` thread prints what it still holds.
+    router: Arc<Router>,
 }
 
 /// A cheap handle on a running relay's addresses and counters.
@@ -180,6 +182,7 @@ impl Relay {
             log_ticker_stop,
             queues,
             writers,
+            router,
         })
     }
 
@@ -239,6 +242,7 @@ impl Relay {
             }
             report.lines_lost += n_lost;
         }
+        self.router.finish_console_out(deadline).await;
         self.log_ticker_stop.cancel();
         let _ = self.log_ticker.await;
         let received = self.registry.relay.lines_received.load(Ordering::Relaxed);

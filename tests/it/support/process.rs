@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,24 @@ pub struct RelayProcess {
     pub listen_address: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
+    /// The read end of a stdout pipe nobody reads, held open so that writes to it block rather than fail.
+    _unread_stdout: Option<ChildStdout>,
 }
 
 impl RelayProcess {
     /// Starts the binary with `args` plus `-listen-addr 127.0.0.1 -listen-port 0 -stats-addr ''`, and waits for
     /// `Metrics listener started: ...` on stderr.
     pub fn start(args: &[&str]) -> RelayProcess {
+        RelayProcess::start_with(args, false)
+    }
+
+    /// Starts the binary as [`RelayProcess::start`] does, with a stdout pipe that nobody reads: once the pipe's
+    /// buffer is full, every write to stdout blocks.
+    pub fn start_with_unread_stdout(args: &[&str]) -> RelayProcess {
+        RelayProcess::start_with(args, true)
+    }
+
+    fn start_with(args: &[&str], unread_stdout: bool) -> RelayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_polymur"))
             .args([
                 "-listen-addr",
@@ -40,12 +52,18 @@ impl RelayProcess {
             .spawn()
             .expect("start polymur");
         let stderr = collect_lines(child.stderr.take().expect("stderr"));
-        let stdout = collect_lines(child.stdout.take().expect("stdout"));
+        let child_stdout = child.stdout.take().expect("stdout");
+        let (stdout, unread_stdout) = if unread_stdout {
+            (Arc::default(), Some(child_stdout))
+        } else {
+            (collect_lines(child_stdout), None)
+        };
         let mut process = RelayProcess {
             child,
             listen_address: "0.0.0.0:0".parse().expect("address"),
             stderr,
             stdout,
+            _unread_stdout: unread_stdout,
         };
         let line = process.wait_for_log("Metrics listener started: ");
         let address = line
