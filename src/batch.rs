@@ -251,7 +251,10 @@ mod tests {
             let split = batch.split_at_line(n_bytes);
             if let Some((head, tail)) = &split {
                 // The queue counted the batch's memory once and takes each half out of it.
-                assert_eq!(head.memory_bytes() + tail.memory_bytes(), batch.memory_bytes());
+                assert_eq!(
+                    head.memory_bytes() + tail.memory_bytes(),
+                    batch.memory_bytes()
+                );
                 assert!(tail.memory_bytes() >= tail.len() + BATCH_OVERHEAD_BYTES);
             }
             let split = split.as_ref().map(|(head, tail)| (text(head), text(tail)));

@@ -1,6 +1,6 @@
 //! polymur: a Graphite plaintext relay.
 //!
-//! Lines arrive on many TCP connections ([`listener`]), are validated and normalised without allocating per line
+//! Lines arrive on many TCP connections ([`input`]), are validated and normalised without allocating per line
 //! ([`line`](mod@line)), collected into immutable batches ([`batch`]), handed by the [`router`] to one bounded queue per
 //! destination ([`destination`]), and written out by one reconnecting writer per destination. [`stats`] holds the
 //! counters every stage increments; [`http`] serves them. [`relay`] wires the stages together and owns the shutdown
@@ -11,8 +11,8 @@ pub mod cli;
 pub mod config;
 pub mod destination;
 pub mod http;
+pub mod input;
 pub mod line;
-pub mod listener;
 pub mod relay;
 pub mod router;
 pub mod shutdown;

@@ -6,10 +6,11 @@
 //! Shutdown ([`Relay::shutdown`]), bounded as a whole by `shutdown_timeout`: stop accepting and stop pacing; let
 //! connections read what their clients send for one second and hand over their last batches; close the queues; let
 //! writers drain; at the deadline stop them and count what is left per destination as dropped (`shutdown`), logged
-//! at ERROR; then the log ticker's last report. Queues and writers never watch a shutdown token: they end when their
-//! input ends. The stats server stops with the edges but is not waited for before the queues close, since it feeds
-//! none: it ends on its own within `http::SHUTDOWN_GRACE`, while the writers drain, so a stalled stats client never
-//! holds up the exit by more than that.
+//! at ERROR; let `-console-out` print what it still holds, until the deadline; then the log ticker's last report.
+//! Queues and writers never watch a shutdown token: they end when their input ends. The stats server stops with the
+//! edges but is not waited for before the queues close, since it feeds none: it ends on its own within
+//! `http::SHUTDOWN_GRACE`, while the writers drain, so a stalled stats client never holds up the exit by more than
+//! that.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -26,8 +27,8 @@ use tracing::{error, info, warn};
 use crate::config::Config;
 use crate::destination::{Destination, Queue};
 use crate::http;
+use crate::input::tcp::{self, ConnectionContext, ReadBufferBudget};
 use crate::line::Rules;
-use crate::listener::{self, ConnectionContext, ReadBufferBudget};
 use crate::router::Router;
 use crate::stats::{self, DropReason, Registry};
 
@@ -53,6 +54,8 @@ pub struct Relay {
     log_ticker_stop: CancellationToken,
     queues: Vec<Arc<Queue>>,
     writers: Vec<JoinHandle<()>>,
+    /// Kept for the end of shutdown: the `-console-out` thread prints what it still holds.
+    router: Arc<Router>,
 }
 
 /// A cheap handle on a running relay's addresses and counters.
@@ -85,12 +88,12 @@ impl Relay {
         let names: Vec<String> = identities.iter().map(ToString::to_string).collect();
         let registry = Arc::new(Registry::new(&names));
 
-        let listener = listener::bind(&config.listen.address, config.listen.port).await?;
+        let listener = tcp::bind(&config.listen.address, config.listen.port).await?;
         let listen_address = listener
             .local_addr()
             .context("cannot read the listener's address")?;
         let stats_listener = match crate::config::split_bind_address(&config.stats.address) {
-            Some((host, port)) => Some(listener::bind(host, port).await?),
+            Some((host, port)) => Some(tcp::bind(host, port).await?),
             None => None,
         };
 
@@ -134,7 +137,7 @@ impl Relay {
         let connections = TaskTracker::new();
         let edge_tasks = TaskTracker::new();
         info!("Metrics listener started: {listen_address}");
-        edge_tasks.spawn(listener::run(
+        edge_tasks.spawn(tcp::run(
             listener,
             context,
             edges.clone(),
@@ -189,6 +192,7 @@ impl Relay {
             log_ticker_stop,
             queues,
             writers,
+            router,
         })
     }
 
@@ -252,6 +256,7 @@ impl Relay {
             // Ended by now unless the drain took less than its grace after `edges` was cancelled.
             let _ = stats_server.await;
         }
+        self.router.finish_console_out(deadline).await;
         self.log_ticker_stop.cancel();
         let _ = self.log_ticker.await;
         let received = self.registry.relay.lines_received.load(Ordering::Relaxed);

@@ -13,9 +13,13 @@
 //! every destination is slower than the input, senders wait: TCP backpressure instead of loss. With the `block`
 //! policy a full queue makes senders wait for room, giving up isolation.
 //!
-//! Invariants: the router does no I/O except `-console-out`; every line handed to it is queued or counted as dropped.
+//! With `-console-out`, every batch is also handed to the [`console_out`] thread, which prints it on stdout; the
+//! router never waits for it.
+//!
+//! Invariants: the router does no I/O; every line handed to it is queued or counted as dropped.
 
-use std::io::Write;
+pub mod console_out;
+
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +32,7 @@ use tracing::info;
 use crate::batch::Batch;
 use crate::destination::{Pushed, Queue};
 use crate::stats::{DropReason, Registry};
+use console_out::ConsoleOut;
 
 /// How often a paced sender re-checks destination health even without a wake-up (a destination can become unhealthy
 /// without any event).
@@ -45,7 +50,8 @@ const PACE_TIMEOUT: Duration = Duration::from_millis(250);
 pub struct Router {
     queues: Vec<Arc<Queue>>,
     registry: Arc<Registry>,
-    console_out: bool,
+    /// The `-console-out` thread, when enabled.
+    console_out: Option<ConsoleOut>,
     /// Cancelled when shutdown starts: senders are no longer paced, so what clients already sent reaches the queues
     /// within the short read grace and drains from there.
     draining: CancellationToken,
@@ -56,7 +62,8 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router over `queues`, which were built with the same `room` notifier.
+    /// A router over `queues`, which were built with the same `room` notifier. With `console_out`, it starts the
+    /// thread that prints every batch on stdout.
     pub fn new(
         queues: Vec<Arc<Queue>>,
         room: Arc<Notify>,
@@ -65,6 +72,13 @@ impl Router {
         draining: CancellationToken,
         stop: CancellationToken,
     ) -> Router {
+        let console_out = console_out.then(|| {
+            ConsoleOut::spawn(
+                std::io::stdout(),
+                console_out::QUEUE_BATCHES,
+                Arc::clone(&registry),
+            )
+        });
         Router {
             queues,
             registry,
@@ -90,9 +104,8 @@ impl Router {
     }
 
     async fn dispatch_to_queues(&self, batch: Batch) {
-        if self.console_out {
-            // The seed's debugging aid: a locked, blocking write to stdout is acceptable for it.
-            let _ = std::io::stdout().lock().write_all(batch.bytes());
+        if let Some(console_out) = &self.console_out {
+            console_out.print(&batch);
         }
         if self.queues.is_empty() {
             self.registry
@@ -114,6 +127,13 @@ impl Router {
     pub fn dispatch_priority(&self, batch: Batch) {
         for queue in &self.queues {
             queue.push_priority(batch.clone());
+        }
+    }
+
+    /// At shutdown, once no more batches come: lets the `-console-out` thread print what it holds, until `deadline`.
+    pub async fn finish_console_out(&self, deadline: Instant) {
+        if let Some(console_out) = &self.console_out {
+            console_out.finish(deadline).await;
         }
     }
 

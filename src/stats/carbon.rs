@@ -26,7 +26,8 @@
 //! `queued_lines`, `dropped` = every reason of `dropped_lines`, `connections` = `connections_accepted`, and
 //! `disconnects` = `connections_accepted - connections_open`. Ours alone, with no carbon-c-relay counterpart:
 //! per destination `resent` = `resent_lines`, the lines queued again after a connection failed before the
-//! destination acknowledged them. Not sent, for want of a counterpart: `stalls` and
+//! destination acknowledged them, and `acceptErrors` = `accept_errors` (errors of the accept loop, such as `EMFILE`).
+//! Not sent, for want of a counterpart: `stalls` and
 //! `metricStalls` (we never stall a client to wait for a queue), the `wallTime_us`/`sleepTime_us` timings, the
 //! per-`dispatcherN` copies, and the `destinations.internal` entry of carbon-c-relay's own submission queue.
 
@@ -88,6 +89,8 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
             .accepted
             .saturating_sub(n_connections_open),
     );
+    // Not one of carbon-c-relay's names: an accept loop out of descriptors is worth a graph of its own.
+    lines.push("acceptErrors", snapshot.connections.accept_errors);
 
     let n_lines = lines.n_lines;
     Batch::new(Bytes::from(lines.text), n_lines)
@@ -190,6 +193,7 @@ mod tests {
         relay.lines_invalid[Invalid::Empty as usize].store(50, Ordering::Relaxed);
         relay.connections_accepted.store(12, Ordering::Relaxed);
         relay.connections_open.store(2, Ordering::Relaxed);
+        relay.accept_errors.store(4, Ordering::Relaxed);
         let first = &registry.destinations[0];
         first.sent_lines.store(900, Ordering::Relaxed);
         first.queued_lines.store(100, Ordering::Relaxed);
@@ -217,7 +221,8 @@ mod tests {
              carbon.relays.relay1.metricsQueued 120 1431357190\n\
              carbon.relays.relay1.metricsDropped 280 1431357190\n\
              carbon.relays.relay1.connections 12 1431357190\n\
-             carbon.relays.relay1.disconnects 10 1431357190\n",
+             carbon.relays.relay1.disconnects 10 1431357190\n\
+             carbon.relays.relay1.acceptErrors 4 1431357190\n",
         );
     }
 
@@ -245,7 +250,8 @@ mod tests {
              carbon.relays.relay1.metricsQueued 0 1431357190\n\
              carbon.relays.relay1.metricsDropped 0 1431357190\n\
              carbon.relays.relay1.connections 0 1431357190\n\
-             carbon.relays.relay1.disconnects 0 1431357190\n",
+             carbon.relays.relay1.disconnects 0 1431357190\n\
+             carbon.relays.relay1.acceptErrors 0 1431357190\n",
         );
     }
 

@@ -46,6 +46,9 @@ pub struct Stats {
     pub lines_noted: [AtomicU64; Note::ALL.len()],
     /// Valid lines dropped because no destination is configured.
     pub lines_dropped_no_destination: AtomicU64,
+    /// Relayed lines `-console-out` did not print: stdout was too slow (its channel full) or closed. They were
+    /// relayed all the same.
+    pub lines_console_out_dropped: AtomicU64,
     /// Lines accepted but not yet in any destination queue (sitting in connection batches).
     pub inbound_lines: AtomicI64,
     /// When these counters were created, for `uptime_secs`.

@@ -22,7 +22,7 @@ pub struct Snapshot {
     pub uptime_secs: u64,
     /// The `connections_*` counters and `accept_errors`.
     pub connections: ConnectionsSnapshot,
-    /// The `lines_*` counters, `bytes_received` and `inbound_lines`.
+    /// The `lines_*` counters (`lines_console_out_dropped` too), `bytes_received` and `inbound_lines`.
     pub lines: LinesSnapshot,
     /// One entry per destination, in config order.
     pub destinations: Vec<DestinationSnapshot>,
@@ -73,6 +73,8 @@ pub struct LinesSnapshot {
     pub noted: [u64; Note::ALL.len()],
     /// `lines_dropped_no_destination`: valid lines dropped because no destination is configured.
     pub dropped_no_destination: u64,
+    /// `lines_console_out_dropped`: relayed lines `-console-out` did not print (stdout too slow or closed).
+    pub console_out_dropped: u64,
     /// `inbound_lines`: lines accepted but not yet in any destination queue (a gauge).
     pub inbound: i64,
 }
@@ -170,6 +172,7 @@ impl LinesSnapshot {
                 .each_ref()
                 .map(|counter| counter.load(Ordering::Relaxed)),
             dropped_no_destination: stats.lines_dropped_no_destination.load(Ordering::Relaxed),
+            console_out_dropped: stats.lines_console_out_dropped.load(Ordering::Relaxed),
             inbound: stats.inbound_lines.load(Ordering::Relaxed),
         }
     }

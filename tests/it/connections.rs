@@ -1,12 +1,14 @@
-//! Many connections: thousands at once, the connection cap, idle connections closed.
+//! Many connections: thousands at once, the connection cap, idle connections closed, a relay out of descriptors.
 
+use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{self, eventually, Sink, TestRelay};
+use crate::support::process::RelayProcess;
+use crate::support::{self, eventually, send, Sink, TestRelay};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_thousand_connections_are_served_and_the_cap_rejects_the_next_ones() {
@@ -115,4 +117,84 @@ async fn send_and_wait_for_close(relay: &TestRelay, bytes: &[u8]) {
         .await
         .expect("closed by the relay");
     assert!(matches!(read, Ok(0)), "{read:?}");
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_relay_backs_off_without_spinning_and_serves_the_waiting_clients_once_they_free_up(
+) {
+    const N_WAITING: usize = 20;
+    // Long enough for a spinning accept loop to show as a busy core, short enough for the test suite.
+    const STARVED: Duration = Duration::from_secs(2);
+    let sink = Sink::start().await;
+    let destination = sink.address().to_string();
+    let mut relay =
+        RelayProcess::start(&["-destinations", &destination, "-stats-addr", "127.0.0.1:0"]);
+    send(relay.listen_address, b"warm.up 1 1700000000\n").await;
+    eventually("the writer is connected and delivering", || {
+        sink.n_lines() == 1
+    })
+    .await;
+
+    // RLIMIT_NOFILE bounds descriptor numbers, not counts: with the limit just above the lowest free number, the
+    // relay has exactly one descriptor to give, and a freed one is below the limit again.
+    let open = relay.open_descriptors();
+    let lowest_free = (0..)
+        .find(|number| !open.contains(number))
+        .expect("a free number");
+    relay.limit_open_files(lowest_free + 1);
+    let mut held = std::net::TcpStream::connect(relay.listen_address).expect("connect");
+    held.write_all(b"held 1 1700000000\n").expect("write");
+    eventually("the held connection is served", || sink.n_lines() == 2).await;
+
+    let starved_at = std::time::Instant::now();
+    for client in 0..N_WAITING {
+        let mut waiting = std::net::TcpStream::connect(relay.listen_address)
+            .expect("the kernel's backlog takes it");
+        waiting
+            .write_all(format!("waiting.c{client} 1 1700000000\n").as_bytes())
+            .expect("write");
+        // Closed by the client: the relay gets its line and its EOF once it can accept it.
+    }
+    relay.wait_for_log("cannot accept connections, backing off");
+    let cpu_before = relay.cpu_time();
+    // A measurement window, not a wait for an event: the relay must stay quiet for all of it.
+    tokio::time::sleep(STARVED).await;
+    let cpu_starved = relay.cpu_time() - cpu_before;
+    assert!(
+        cpu_starved < STARVED / 5,
+        "{cpu_starved:?} of CPU in {STARVED:?} without descriptors"
+    );
+    assert_eq!(
+        sink.n_lines(),
+        2,
+        "a waiting client was served without a descriptor"
+    );
+
+    // The relay reads EOF on the held connection and closes it: one descriptor is free again.
+    drop(held);
+    eventually("every waiting client is served", || {
+        sink.n_lines() == 2 + N_WAITING
+    })
+    .await;
+    let starved_for = starved_at.elapsed();
+    let mut expected = vec![
+        "held 1 1700000000".to_string(),
+        "warm.up 1 1700000000".to_string(),
+    ];
+    expected.extend((0..N_WAITING).map(|client| format!("waiting.c{client} 1 1700000000")));
+    expected.sort();
+    assert_eq!(sink.sorted_lines(), expected);
+
+    let stats = relay.stats();
+    let connections = &stats["connections"];
+    assert_eq!(connections["accepted"], 2 + N_WAITING as u64, "{stats}");
+    let accept_errors = connections["accept_errors"]
+        .as_u64()
+        .expect("accept_errors");
+    // One try per 50 ms backoff while starved, not a spin.
+    let most_tries = starved_for.as_millis() as u64 / 50 + 1;
+    assert!(
+        (1..=most_tries).contains(&accept_errors),
+        "{accept_errors} accept errors in {starved_for:?}"
+    );
 }

@@ -196,6 +196,57 @@ async fn console_out_prints_every_relayed_line() {
 }
 
 #[tokio::test]
+async fn console_out_to_a_stdout_nobody_reads_neither_holds_up_relaying_nor_shutdown() {
+    const N_LINES: usize = 100_000;
+    let sink = Sink::start().await;
+    let destination = sink.address().to_string();
+    let mut relay = RelayProcess::start_with_unread_stdout(&[
+        "-console-out",
+        "-destinations",
+        &destination,
+        "-stats-addr",
+        "127.0.0.1:0",
+        "-shutdown-timeout",
+        "2s",
+    ]);
+    // About 4 MB: far more than the pipe (64 KiB) and the console-out channel (1 MiB) hold.
+    let input = distinct_lines(3, N_LINES);
+    // Bounded: a relay stuck on stdout would stop reading, and the send would block for ever instead of failing.
+    tokio::time::timeout(PATIENCE, send(relay.listen_address, &input))
+        .await
+        .expect("the relay reads its input");
+    eventually("every line reaches the destination", || {
+        sink.n_lines() == N_LINES
+    })
+    .await;
+    assert_eq!(sink.sorted_lines(), sorted(&input));
+    let stats = relay.stats();
+    let n_not_printed = stats["lines"]["console_out_dropped"]
+        .as_u64()
+        .expect("console_out_dropped");
+    assert!(
+        (1..N_LINES as u64).contains(&n_not_printed),
+        "{n_not_printed} lines not printed"
+    );
+
+    relay.signal("TERM");
+    assert_eq!(
+        relay.wait().code(),
+        Some(0),
+        "{}",
+        relay.stderr().join("\n")
+    );
+    // Read after the exit: the line is logged just before it, and stderr is collected by a thread.
+    eventually("the lines stdout never took are logged", || {
+        relay
+            .stderr()
+            .iter()
+            .any(|line| line.contains("stdout took no more -console-out lines before the deadline"))
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn the_seed_log_lines_keep_their_wording() {
     let sink = Sink::start().await;
     let mut config = tempfile::NamedTempFile::new().expect("temp file");

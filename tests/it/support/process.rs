@@ -1,8 +1,8 @@
 //! The real `polymur` binary as a child process: started on port 0, its stderr collected, stopped by pid.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,12 +17,24 @@ pub struct RelayProcess {
     pub listen_address: SocketAddr,
     stderr: Arc<Mutex<Vec<String>>>,
     stdout: Arc<Mutex<Vec<String>>>,
+    /// The read end of a stdout pipe nobody reads, held open so that writes to it block rather than fail.
+    _unread_stdout: Option<ChildStdout>,
 }
 
 impl RelayProcess {
     /// Starts the binary with `args` plus `-listen-addr 127.0.0.1 -listen-port 0 -stats-addr ''`, and waits for
     /// `Metrics listener started: ...` on stderr.
     pub fn start(args: &[&str]) -> RelayProcess {
+        RelayProcess::start_with(args, false)
+    }
+
+    /// Starts the binary as [`RelayProcess::start`] does, with a stdout pipe that nobody reads: once the pipe's
+    /// buffer is full, every write to stdout blocks.
+    pub fn start_with_unread_stdout(args: &[&str]) -> RelayProcess {
+        RelayProcess::start_with(args, true)
+    }
+
+    fn start_with(args: &[&str], unread_stdout: bool) -> RelayProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_polymur"))
             .args([
                 "-listen-addr",
@@ -40,12 +52,18 @@ impl RelayProcess {
             .spawn()
             .expect("start polymur");
         let stderr = collect_lines(child.stderr.take().expect("stderr"));
-        let stdout = collect_lines(child.stdout.take().expect("stdout"));
+        let child_stdout = child.stdout.take().expect("stdout");
+        let (stdout, unread_stdout) = if unread_stdout {
+            (Arc::default(), Some(child_stdout))
+        } else {
+            (collect_lines(child_stdout), None)
+        };
         let mut process = RelayProcess {
             child,
             listen_address: "0.0.0.0:0".parse().expect("address"),
             stderr,
             stdout,
+            _unread_stdout: unread_stdout,
         };
         let line = process.wait_for_log("Metrics listener started: ");
         let address = line
@@ -121,6 +139,72 @@ impl RelayProcess {
         }
     }
 
+    /// The stats server's address, read from its `Runstats started: ...` log line (start with `-stats-addr`).
+    pub fn stats_address(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("Runstats started: ");
+        line.rsplit("Runstats started: ")
+            .next()
+            .expect("address text")
+            .trim()
+            .parse()
+            .expect("stats address in the log line")
+    }
+
+    /// `GET /stats` from the stats server, as JSON.
+    pub fn stats(&mut self) -> serde_json::Value {
+        let mut stream =
+            std::net::TcpStream::connect(self.stats_address()).expect("connect to /stats");
+        stream
+            .write_all(b"GET /stats HTTP/1.1\r\nHost: polymur\r\nConnection: close\r\n\r\n")
+            .expect("send request");
+        let mut response = String::new();
+        stream.read_to_string(&mut response).expect("read response");
+        let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        serde_json::from_str(body).expect("JSON body")
+    }
+
+    /// The numbers of the descriptors the child has open, from `/proc/PID/fd`.
+    pub fn open_descriptors(&self) -> Vec<u64> {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .expect("read /proc fd")
+            .map(|entry| {
+                let entry = entry.expect("fd entry");
+                entry
+                    .file_name()
+                    .to_str()
+                    .expect("fd name")
+                    .parse()
+                    .expect("fd number")
+            })
+            .collect()
+    }
+
+    /// Sets the child's soft and hard `RLIMIT_NOFILE` to `limit`: it can no longer open a descriptor numbered
+    /// `limit` or higher. Lowering the hard limit too keeps it there, whatever the child does.
+    pub fn limit_open_files(&self, limit: u64) {
+        let pid = i32::try_from(self.pid()).expect("pid fits pid_t");
+        rlimit::prlimit(pid, rlimit::Resource::NOFILE, Some((limit, limit)), None)
+            .expect("prlimit on the child");
+    }
+
+    /// CPU time the child has used so far, user and system, from `/proc/PID/stat`.
+    pub fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("read /proc stat");
+        // The command name in parentheses may hold spaces; the fields after it do not. utime and stime are the
+        // 14th and 15th fields, the 12th and 13th after the name.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .expect("stat has a command name")
+            .1
+            .split_whitespace()
+            .collect();
+        let ticks: u64 =
+            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second() as f64)
+    }
+
     /// The peak resident set size, from `/proc/PID/status` (`VmHWM`), in bytes.
     pub fn peak_rss_bytes(&self) -> u64 {
         self.status_bytes("VmHWM")
@@ -156,6 +240,18 @@ impl Drop for RelayProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `sysconf(_SC_CLK_TCK)`, the unit of the CPU times in `/proc/PID/stat`, as `getconf` reports it.
+fn clock_ticks_per_second() -> u64 {
+    let output = Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("run getconf");
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .expect("CLK_TCK")
 }
 
 fn collect_lines(stream: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<String>>> {

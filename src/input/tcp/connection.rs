@@ -11,6 +11,7 @@
 //! another connection; every byte read ends up in a forwarded line or a counted rejection.
 
 use std::future::Future;
+use std::io;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -99,171 +100,303 @@ impl ReadBufferBudget {
 
 /// Reads `reader` until EOF, a timeout, an error or shutdown, forwarding every valid line.
 pub async fn handle<R: AsyncRead + Unpin>(
-    mut reader: R,
+    reader: R,
     context: &ConnectionContext,
     shutdown: &CancellationToken,
 ) -> Closed {
-    let config = &context.config;
-    let stats = &context.registry.relay;
-    let mut read_buffer = ReadBufferSize::new(
-        config.read_buffer_bytes,
-        context.rules.max_line_bytes,
-        &context.read_buffer_budget,
-    );
-    let mut buf: Vec<u8> = Vec::with_capacity(read_buffer.target);
-    let mut decoder = Decoder::new(context.rules);
-    let mut batch = BatchBuilder::new(config.batch_lines, config.batch_max_bytes);
-    let mut counts = LineCounts::default();
-    let mut batch_started = Instant::now();
-    let mut last_line_at = Instant::now();
-    let mut partial_since: Option<Instant> = None;
-    let mut shutdown_deadline: Option<Instant> = None;
+    let mut connection = Connection::new(reader, context, shutdown);
+    let closed = connection.run().await;
+    connection.finish(closed).await;
+    closed
+}
 
-    let closed = loop {
-        // Try the read without waiting first: if nothing is ready, hand the batch on before sleeping.
-        read_buffer.make_room(&mut buf);
-        let spare_before_read = buf.capacity() - buf.len();
-        let ready = poll_once(pin!(reader.read_buf(&mut buf)));
-        let read_result = match ready {
-            Some(result) => {
+/// The state of one connection between reads: its buffer, decoder and batch, the counts not yet published, and the
+/// clocks of its timeouts.
+///
+/// The read loop ([`Connection::run`]) is a sequence of named steps: take bytes that are ready
+/// ([`Connection::read_ready`]); if there are none, hand the batch on and wait for bytes, a timeout or the end of
+/// the shutdown grace ([`Connection::wait_for_bytes`]); decode what was read into batches
+/// ([`Connection::process_read`]); and at the end count a trailing partial line and hand on the last batch
+/// ([`Connection::finish`]).
+struct Connection<'a, R> {
+    reader: R,
+    context: &'a ConnectionContext,
+    shutdown: &'a CancellationToken,
+    read_buffer: ReadBufferSize<'a>,
+    /// Bytes read and not yet decoded: at most a partial line between reads.
+    buf: Vec<u8>,
+    decoder: Decoder,
+    batch: BatchBuilder,
+    /// Line counts not yet added to the shared counters.
+    counts: LineCounts,
+    clocks: Clocks,
+    /// Set when shutdown starts: the connection reads until then, and closes.
+    shutdown_deadline: Option<Instant>,
+}
+
+/// What a wait for bytes ended with.
+enum Waited {
+    /// The read completed (with bytes, EOF or an error).
+    Read(io::Result<usize>),
+    /// Shutdown started: the grace deadline is now set, look again.
+    ShutdownStarted,
+    /// The connection ends without a read.
+    Closed(Closed),
+}
+
+/// The clocks of a connection's flush interval and timeouts.
+#[derive(Debug)]
+struct Clocks {
+    /// When the batch being filled got its first read.
+    batch_started: Instant,
+    /// The last complete line, valid or not: the idle timeout runs from it.
+    last_line_at: Instant,
+    /// Since when the line now pending has been partial, if one is: the partial-line timeout runs from it.
+    partial_since: Option<Instant>,
+}
+
+impl<'a, R: AsyncRead + Unpin> Connection<'a, R> {
+    fn new(
+        reader: R,
+        context: &'a ConnectionContext,
+        shutdown: &'a CancellationToken,
+    ) -> Connection<'a, R> {
+        let config = &context.config;
+        let read_buffer = ReadBufferSize::new(
+            config.read_buffer_bytes,
+            context.rules.max_line_bytes,
+            &context.read_buffer_budget,
+        );
+        let buf = Vec::with_capacity(read_buffer.target);
+        Connection {
+            reader,
+            context,
+            shutdown,
+            read_buffer,
+            buf,
+            decoder: Decoder::new(context.rules),
+            batch: BatchBuilder::new(config.batch_lines, config.batch_max_bytes),
+            counts: LineCounts::default(),
+            clocks: Clocks::new(Instant::now()),
+            shutdown_deadline: None,
+        }
+    }
+
+    /// Reads and decodes until the connection ends, and says why it did.
+    async fn run(&mut self) -> Closed {
+        loop {
+            // Try the read without waiting first: if nothing is ready, hand the batch on before sleeping.
+            let read_result = match self.read_ready() {
+                Some(result) => result,
+                None => match self.wait_for_bytes().await {
+                    Waited::Read(result) => result,
+                    Waited::ShutdownStarted => continue,
+                    Waited::Closed(closed) => return closed,
+                },
+            };
+            match read_result {
+                Ok(0) => return Closed::Eof,
+                Ok(n_read) => self.process_read(n_read).await,
+                Err(_) => return Closed::ReadError,
+            }
+            if self.grace_over() {
+                return Closed::Shutdown;
+            }
+        }
+    }
+
+    /// Reads what the socket has ready without waiting: `None` if nothing is.
+    fn read_ready(&mut self) -> Option<io::Result<usize>> {
+        self.read_buffer.make_room(&mut self.buf);
+        let spare_before_read = self.buf.capacity() - self.buf.len();
+        let result = poll_once(pin!(self.reader.read_buf(&mut self.buf)))?;
+        if let Ok(n_read) = result {
+            self.read_buffer.after_read(n_read, spare_before_read);
+        }
+        Some(result)
+    }
+
+    /// Hands the batch on, then waits for bytes, the idle or partial-line timeout, the start of shutdown, or the end
+    /// of its grace period.
+    async fn wait_for_bytes(&mut self) -> Waited {
+        // Time the relay holds this connection while handing the batch on (pacing, `block`) is not the client's
+        // idleness: push its clocks forward by it.
+        let flush_started = Instant::now();
+        flush(&mut self.batch, self.context).await;
+        self.clocks.hold(flush_started.elapsed());
+        let timeout = sleep_until_or_never(self.clocks.timeout_deadline(&self.context.config));
+        // Once shutting down, keep reading what clients send for the grace period, then stop.
+        let grace_over = sleep_until_or_never(self.shutdown_deadline);
+        self.read_buffer.before_wait(&mut self.buf);
+        let wait_started = Instant::now();
+        let spare_before_wait = self.buf.capacity() - self.buf.len();
+        let read_buffer = &mut self.read_buffer;
+        let buf = &mut self.buf;
+        let reader = &mut self.reader;
+        let read = async {
+            let result = reader.read_buf(buf).await;
+            read_buffer.after_wait(wait_started.elapsed());
+            result
+        };
+        tokio::select! {
+            // Bytes that are ready win over a deadline that passed meanwhile.
+            biased;
+            result = read => {
+                // The buffer may have shrunk while waiting: judge the read by the room it had.
                 if let Ok(n_read) = result {
-                    read_buffer.after_read(n_read, spare_before_read);
+                    self.read_buffer.after_read(n_read, spare_before_wait);
                 }
-                result
+                Waited::Read(result)
             }
-            None => {
-                // Time the relay holds this connection while handing the batch on (pacing, `block`) is not the
-                // client's idleness: push its clocks forward by it.
-                let flush_started = Instant::now();
-                flush(&mut batch, context).await;
-                let held = flush_started.elapsed();
-                last_line_at += held;
-                partial_since = partial_since.map(|since| since + held);
-                let timeout_deadline = match partial_since {
-                    Some(since) if !config.partial_line_timeout.is_zero() => {
-                        Some(since + config.partial_line_timeout)
-                    }
-                    Some(_) => None,
-                    None if !config.idle_timeout.is_zero() => {
-                        Some(last_line_at + config.idle_timeout)
-                    }
-                    None => None,
-                };
-                let timeout = async {
-                    match timeout_deadline {
-                        Some(deadline) => tokio::time::sleep_until(deadline).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                // Once shutting down, keep reading what clients send for the grace period, then stop.
-                let grace_over = async {
-                    match shutdown_deadline {
-                        Some(deadline) => tokio::time::sleep_until(deadline).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                read_buffer.before_wait(&mut buf);
-                let wait_started = Instant::now();
-                let spare_before_wait = buf.capacity() - buf.len();
-                let read = async {
-                    let result = reader.read_buf(&mut buf).await;
-                    read_buffer.after_wait(wait_started.elapsed());
-                    result
-                };
-                tokio::select! {
-                    // Bytes that are ready win over a deadline that passed meanwhile.
-                    biased;
-                    result = read => {
-                        // The buffer may have shrunk while waiting: judge the read by the room it had.
-                        if let Ok(n_read) = result {
-                            read_buffer.after_read(n_read, spare_before_wait);
-                        }
-                        result
-                    }
-                    () = timeout => {
-                        if partial_since.is_some() {
-                            counts.add_invalid(Invalid::PartialTimeout);
-                            break Closed::PartialTimeout;
-                        }
-                        stats.connections_idle_closed.fetch_add(1, Ordering::Relaxed);
-                        break Closed::Idle;
-                    }
-                    () = grace_over => break Closed::Shutdown,
-                    () = shutdown.cancelled(), if shutdown_deadline.is_none() => {
-                        shutdown_deadline = Some(Instant::now() + SHUTDOWN_READ_GRACE);
-                        continue;
-                    }
+            () = timeout => {
+                if self.clocks.partial_since.is_some() {
+                    self.counts.add_invalid(Invalid::PartialTimeout);
+                    return Waited::Closed(Closed::PartialTimeout);
                 }
+                let stats = &self.context.registry.relay;
+                stats.connections_idle_closed.fetch_add(1, Ordering::Relaxed);
+                Waited::Closed(Closed::Idle)
             }
-        };
-        let n_read = match read_result {
-            Ok(0) => {
-                decoder.finish(&buf, &mut counts);
-                break Closed::Eof;
+            () = grace_over => Waited::Closed(Closed::Shutdown),
+            () = self.shutdown.cancelled(), if self.shutdown_deadline.is_none() => {
+                self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_READ_GRACE);
+                Waited::ShutdownStarted
             }
-            Ok(n_read) => n_read,
-            Err(_) => {
-                decoder.finish(&buf, &mut counts);
-                break Closed::ReadError;
-            }
-        };
+        }
+    }
+
+    /// Decodes the `n_read` bytes just read (and a partial line kept before them), hands on the batches that fill,
+    /// and restarts the clocks the complete lines reset. Hands the batch on too if `flush_interval` has passed.
+    async fn process_read(&mut self, n_read: usize) {
+        let stats = &self.context.registry.relay;
         stats
             .bytes_received
             .fetch_add(n_read as u64, Ordering::Relaxed);
         let now = Instant::now();
-        if batch.is_empty() {
-            batch_started = now;
+        if self.batch.is_empty() {
+            self.clocks.batch_started = now;
         }
-        decoder.set_now(line::unix_now_secs());
+        self.decoder.set_now(line::unix_now_secs());
+        let n_completed = self.decode_into_batches().await;
+        let line_pending = !self.buf.is_empty() || self.decoder.is_discarding();
+        self.clocks
+            .lines_processed(Instant::now(), n_completed, line_pending);
+        if !self.batch.is_empty()
+            && now.duration_since(self.clocks.batch_started) >= self.context.config.flush_interval
+        {
+            flush(&mut self.batch, self.context).await;
+        }
+    }
 
+    /// Decodes every complete line of the buffer into the batch, handing each batch on as it fills, and removes those
+    /// lines from the buffer. Returns the number of complete lines, valid or not.
+    async fn decode_into_batches(&mut self) -> u64 {
         let mut consumed = 0;
         let mut n_completed = 0;
         loop {
             let start = consumed;
-            consumed += decoder.decode(&buf[start..], &mut batch, &mut counts);
-            if let Some((reason, range)) = decoder.take_rejected() {
-                log_rejected(reason, &buf[start..][range], &counts, context);
+            consumed += self
+                .decoder
+                .decode(&self.buf[start..], &mut self.batch, &mut self.counts);
+            if let Some((reason, range)) = self.decoder.take_rejected() {
+                log_rejected(
+                    reason,
+                    &self.buf[start..][range],
+                    &self.counts,
+                    self.context,
+                );
             }
-            n_completed += counts.valid + counts.n_invalid();
-            publish(&mut counts, context);
-            if !batch.is_full() {
+            n_completed += self.counts.valid + self.counts.n_invalid();
+            publish(&mut self.counts, self.context);
+            if !self.batch.is_full() {
                 break;
             }
-            flush(&mut batch, context).await;
-            batch_started = Instant::now();
+            flush(&mut self.batch, self.context).await;
+            self.clocks.batch_started = Instant::now();
         }
-        buf.drain(..consumed);
-        let processed_at = Instant::now();
+        self.buf.drain(..consumed);
+        n_completed
+    }
+
+    /// True once the shutdown grace is over. Starts it if shutdown began while this connection was reading: a client
+    /// that always has bytes ready never reaches the wait in [`Connection::wait_for_bytes`].
+    fn grace_over(&mut self) -> bool {
+        if self.shutdown_deadline.is_none() && self.shutdown.is_cancelled() {
+            self.shutdown_deadline = Some(Instant::now() + SHUTDOWN_READ_GRACE);
+        }
+        self.shutdown_deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
+    /// Counts a trailing partial line (at EOF, on a read error, or cut off by shutdown), publishes the counts and
+    /// hands on the last batch.
+    async fn finish(&mut self, closed: Closed) {
+        let partial_line_left = !self.buf.is_empty() || self.decoder.is_discarding();
+        match closed {
+            Closed::Eof | Closed::ReadError => self.decoder.finish(&self.buf, &mut self.counts),
+            Closed::Shutdown if partial_line_left => {
+                self.decoder.finish(&self.buf, &mut self.counts);
+            }
+            Closed::Shutdown | Closed::Idle | Closed::PartialTimeout => {}
+        }
+        publish(&mut self.counts, self.context);
+        flush(&mut self.batch, self.context).await;
+    }
+}
+
+impl Clocks {
+    fn new(now: Instant) -> Clocks {
+        Clocks {
+            batch_started: now,
+            last_line_at: now,
+            partial_since: None,
+        }
+    }
+
+    /// Pushes the client's clocks forward by `held`, time the relay kept the connection waiting.
+    fn hold(&mut self, held: Duration) {
+        self.last_line_at += held;
+        self.partial_since = self.partial_since.map(|since| since + held);
+    }
+
+    /// When the connection times out if no more bytes arrive: the partial-line timeout while a line is pending,
+    /// otherwise the idle timeout; `None` if the one that applies is zero (disabled).
+    fn timeout_deadline(&self, config: &ListenConfig) -> Option<Instant> {
+        match self.partial_since {
+            Some(since) if !config.partial_line_timeout.is_zero() => {
+                Some(since + config.partial_line_timeout)
+            }
+            Some(_) => None,
+            None if !config.idle_timeout.is_zero() => Some(self.last_line_at + config.idle_timeout),
+            None => None,
+        }
+    }
+
+    /// Updates the timeout clocks after a read was decoded at `at`, `n_completed` lines completed, and a partial (or
+    /// over-long, being skipped) line is pending or not.
+    fn lines_processed(&mut self, at: Instant, n_completed: u64, line_pending: bool) {
         if n_completed > 0 {
             // The idle timeout runs from the last complete line, valid or not.
-            last_line_at = processed_at;
+            self.last_line_at = at;
         }
         // The partial-line clock measures the line now pending: it restarts whenever a line completes, so a busy
         // sender whose reads end mid-line is never taken for a slowloris.
-        partial_since = if buf.is_empty() && !decoder.is_discarding() {
+        self.partial_since = if !line_pending {
             None
         } else if n_completed > 0 {
-            Some(processed_at)
+            Some(at)
         } else {
-            Some(partial_since.unwrap_or(processed_at))
+            Some(self.partial_since.unwrap_or(at))
         };
-        if !batch.is_empty() && now.duration_since(batch_started) >= config.flush_interval {
-            flush(&mut batch, context).await;
-        }
-        if shutdown_deadline.is_none() && shutdown.is_cancelled() {
-            // A client that always has bytes ready never reaches the select above.
-            shutdown_deadline = Some(Instant::now() + SHUTDOWN_READ_GRACE);
-        }
-        if shutdown_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
-            break Closed::Shutdown;
-        }
-    };
-    if closed == Closed::Shutdown && (!buf.is_empty() || decoder.is_discarding()) {
-        decoder.finish(&buf, &mut counts);
     }
-    publish(&mut counts, context);
-    flush(&mut batch, context).await;
-    closed
+}
+
+/// Sleeps until `deadline`, or forever if there is none.
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Adds local counts to the shared counters (lines now in the batch count as inbound) and resets them.
