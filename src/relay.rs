@@ -29,7 +29,7 @@ use crate::destination::{Destination, Queue};
 use crate::http;
 use crate::input::tcp::{self, ConnectionContext, ReadBufferBudget};
 use crate::line::Rules;
-use crate::router::Router;
+use crate::router::{Router, RouterConfig};
 use crate::stats::{self, DropReason, Registry};
 
 /// A running relay.
@@ -101,6 +101,7 @@ impl Relay {
         let stop = CancellationToken::new();
         let room = Arc::new(Notify::new());
         let mut queues = Vec::new();
+        let mut healths = Vec::new();
         let mut writers = Vec::new();
         for (identity, stats) in identities.iter().zip(&registry.destinations) {
             let destination = Destination::spawn(
@@ -111,19 +112,21 @@ impl Relay {
                 stop.clone(),
             );
             queues.push(destination.queue);
+            healths.push(destination.health);
             writers.push(destination.writer);
         }
         if queues.is_empty() {
             warn!("no destinations configured: every valid line is counted as dropped (no_destination)");
         }
-        let router = Arc::new(Router::new(
-            queues.clone(),
+        let router = Arc::new(Router::new(RouterConfig {
+            queues: queues.clone(),
+            healths,
             room,
-            Arc::clone(&registry),
-            config.log.console_out,
-            edges.clone(),
-            stop.clone(),
-        ));
+            registry: Arc::clone(&registry),
+            console_out: config.log.console_out,
+            draining: edges.clone(),
+            stop: stop.clone(),
+        }));
 
         let context = Arc::new(ConnectionContext {
             config: config.listen.clone(),

@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod connect;
+pub mod health;
 pub mod identity;
 pub mod in_flight;
 pub mod queue;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::DestinationConfig;
 use crate::stats::DestinationStats;
 pub use connect::{ConnectSettings, Resolve, SystemResolver};
+pub use health::Health;
 pub use identity::Identity;
 pub use queue::{Pushed, Queue, QueueLimits};
 pub use writer::WriterSettings;
@@ -31,13 +33,16 @@ pub use writer::WriterSettings;
 pub struct Destination {
     /// The queue the router pushes into.
     pub queue: Arc<Queue>,
+    /// The destination's health, reported by its writer, read by the router's pacing.
+    pub health: Arc<Health>,
     /// The writer task; it ends when the queue is closed and drained, or when `stop` is cancelled.
     pub writer: JoinHandle<()>,
 }
 
 impl Destination {
-    /// Creates the queue for `identity` and spawns its writer on the current runtime. `room` is the notifier shared
-    /// with the router (see [`crate::router::Router::new`]).
+    /// Creates the queue and health for `identity` and spawns its writer on the current runtime. `room` is the
+    /// notifier shared with the router (see [`crate::router::Router::new`]): woken when the destination catches up,
+    /// and under the `block` policy whenever its queue frees room.
     pub fn spawn(
         identity: &Identity,
         config: &DestinationConfig,
@@ -50,6 +55,11 @@ impl Destination {
             max_bytes: usize::try_from(config.queue_max_bytes).unwrap_or(usize::MAX),
             overflow: config.overflow,
         };
+        let health = Arc::new(Health::new(
+            Arc::clone(&stats),
+            health::lag_watermark_bytes(limits.max_bytes),
+            Arc::clone(&room),
+        ));
         let queue = Arc::new(Queue::new(limits, stats, room));
         let settings = WriterSettings {
             name: identity.to_string(),
@@ -64,7 +74,16 @@ impl Destination {
             write_timeout: config.write_timeout,
             retry_interval: config.retry_interval,
         };
-        let writer = tokio::spawn(writer::run(Arc::clone(&queue), settings, stop));
-        Destination { queue, writer }
+        let writer = tokio::spawn(writer::run(
+            Arc::clone(&queue),
+            Arc::clone(&health),
+            settings,
+            stop,
+        ));
+        Destination {
+            queue,
+            health,
+            writer,
+        }
     }
 }

@@ -10,9 +10,8 @@
 //! refuses or evicts is counted as dropped, and nothing here does I/O or blocks a thread.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
@@ -24,17 +23,6 @@ use crate::stats::{DestinationStats, DropReason};
 
 /// Bytes the priority lane (self-metrics) may hold before its oldest batch is dropped.
 pub const PRIORITY_MAX_BYTES: usize = 1024 * 1024;
-
-/// Most bytes a healthy destination may lag before it makes senders wait (see `router`); a quarter of the queue's
-/// byte bound if that is less. Large enough that destinations of about the same speed do not hold each other up
-/// through scheduling jitter (a millisecond of traffic at 15 M lines/s), small enough that a batch is still in the
-/// CPU's cache when the writer hands it to the kernel: when the sink is the slower side the queue sits at this level,
-/// and against 8 MiB, 1 MiB measured 0.96x the relay's CPU forwarding to one destination and 0.82x fanning out to
-/// three, at the same throughput and half the RSS.
-pub const HOLD_MAX_BYTES: usize = 1024 * 1024;
-
-/// A destination that has made no write progress for this long does not pace senders (it is down or stalled).
-pub const PROGRESS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The bounds and policy of a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,17 +60,8 @@ pub struct Queue {
     data_ready: Notify,
     /// Cancelled when the queue closes, so a writer that is not waiting for data (connecting, backing off) sees it.
     closed: CancellationToken,
-    /// Shared by every queue and the router: woken when a writer frees room, for paced and `block` senders.
+    /// Shared by every queue and the router: woken when a writer frees room, for `block` senders.
     room: Arc<Notify>,
-    /// When the writer last made progress (a write took bytes, the destination acknowledged more, or it had nothing
-    /// to write), in ms since `epoch`.
-    last_progress_ms: AtomicU64,
-    /// False while the destination is known to be slower than the others: it then lags, within its bounds, instead
-    /// of making senders wait. Set again when it catches up (becomes hungry).
-    pacing: AtomicBool,
-    /// Queued bytes above which this destination holds senders (see [`Queue::holds_senders`]).
-    hold_bytes: i64,
-    epoch: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -97,7 +76,7 @@ struct State {
 }
 
 impl Queue {
-    /// An empty queue reporting into `stats`; `room` is woken whenever its writer frees room.
+    /// An empty queue reporting into `stats`; under the `block` policy `room` is woken whenever its writer frees room.
     pub fn new(limits: QueueLimits, stats: Arc<DestinationStats>, room: Arc<Notify>) -> Queue {
         Queue {
             state: Mutex::new(State::default()),
@@ -106,10 +85,6 @@ impl Queue {
             data_ready: Notify::new(),
             closed: CancellationToken::new(),
             room,
-            last_progress_ms: AtomicU64::new(0),
-            pacing: AtomicBool::new(true),
-            hold_bytes: (HOLD_MAX_BYTES.min(limits.max_bytes / 4)) as i64,
-            epoch: Instant::now(),
         }
     }
 
@@ -248,7 +223,6 @@ impl Queue {
                     return false;
                 }
             }
-            self.mark_progress();
             notified.await;
         }
     }
@@ -273,27 +247,21 @@ impl Queue {
         let n_lines: usize = batches.iter().map(|batch| batch.n_lines() as usize).sum();
         let n_bytes: usize = batches.iter().map(Batch::len).sum();
         let n_memory_bytes: usize = batches.iter().map(Batch::memory_bytes).sum();
-        let stopped_holding = {
+        {
             let mut state = self.state.lock();
-            let held = state.n_bytes as i64 > self.hold_bytes;
             state.n_lines -= n_lines;
             state.n_bytes -= n_memory_bytes;
             self.publish_gauges(&state);
-            held && state.n_bytes as i64 <= self.hold_bytes
-        };
+        }
         self.stats
             .sent_lines
             .fetch_add(n_lines as u64, Ordering::Relaxed);
         self.stats
             .sent_bytes
             .fetch_add(n_bytes as u64, Ordering::Relaxed);
-        self.mark_progress();
-        if self.is_starving() {
-            self.pacing.store(true, Ordering::Relaxed);
-        }
-        // Paced senders only care when this queue stops holding them; waking thousands of them on every write would
-        // be a thundering herd. `block` senders wait for any room.
-        if stopped_holding || self.limits.overflow == OverflowPolicy::Block {
+        // Only `block` senders wait for any room; paced senders are woken by the destination's health when it
+        // catches up (waking thousands of them on every acknowledgement would be a thundering herd).
+        if self.limits.overflow == OverflowPolicy::Block {
             self.room.notify_waiters();
         }
     }
@@ -332,42 +300,6 @@ impl Queue {
         drop(state);
         self.stats.add_dropped(DropReason::Shutdown, n_lines);
         n_lines
-    }
-
-    /// True while the queue is nearly empty (under a quarter of its hold threshold): the destination waits for input.
-    pub fn is_starving(&self) -> bool {
-        self.stats.queued_bytes.load(Ordering::Relaxed) < self.hold_bytes / 4
-    }
-
-    /// True while the destination is connected and its writer made progress within [`PROGRESS_TIMEOUT`]: only such
-    /// a destination may make senders wait.
-    pub fn is_healthy(&self) -> bool {
-        if !self.stats.connected.load(Ordering::Relaxed) {
-            return false;
-        }
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        now_ms.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed))
-            < PROGRESS_TIMEOUT.as_millis() as u64
-    }
-
-    /// True while this destination makes senders wait: it is healthy, lags more than its hold threshold, and is not
-    /// known to be slower than the others.
-    pub fn holds_senders(&self) -> bool {
-        self.stats.queued_bytes.load(Ordering::Relaxed) > self.hold_bytes
-            && self.pacing.load(Ordering::Relaxed)
-            && self.is_healthy()
-    }
-
-    /// Stops this destination from making senders wait until it catches up: it is slower than the others.
-    pub fn stop_pacing(&self) {
-        self.pacing.store(false, Ordering::Relaxed);
-    }
-
-    /// Records that the writer is keeping up: a write took bytes, the destination acknowledged more, or it has
-    /// nothing to write.
-    pub fn mark_progress(&self) {
-        let now_ms = self.epoch.elapsed().as_millis() as u64;
-        self.last_progress_ms.store(now_ms, Ordering::Relaxed);
     }
 
     /// Copies the queue's size into the stats gauges; called with the lock held, so they never run ahead or behind.

@@ -35,6 +35,7 @@ use tracing::{info, warn};
 
 use super::backoff::Backoff;
 use super::connect::{connect, ConnectSettings};
+use super::health::Health;
 use super::in_flight::InFlight;
 use super::queue::Queue;
 use super::unacked::unacked_bytes;
@@ -95,8 +96,24 @@ enum Ended {
     Failed(io::Error),
 }
 
-/// Runs the writer until its queue is closed and drained, or `stop` is cancelled.
-pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: CancellationToken) {
+/// What a writer shares with the router: its destination's queue, which it drains, and its health, which it reports.
+#[derive(Debug, Clone, Copy)]
+struct Shared<'a> {
+    queue: &'a Queue,
+    health: &'a Health,
+}
+
+/// Runs the writer until its queue is closed and drained, or `stop` is cancelled, reporting into `health`.
+pub async fn run(
+    queue: Arc<Queue>,
+    health: Arc<Health>,
+    settings: WriterSettings,
+    stop: CancellationToken,
+) {
+    let shared = Shared {
+        queue: &queue,
+        health: &health,
+    };
     let stats = Arc::clone(queue.stats());
     let mut backoff = match Backoff::try_new(
         BACKOFF_BASE.min(settings.retry_interval),
@@ -134,13 +151,13 @@ pub async fn run(queue: Arc<Queue>, settings: WriterSettings, stop: Cancellation
         };
         stats.connects.fetch_add(1, Ordering::Relaxed);
         stats.connected.store(true, Ordering::Relaxed);
-        queue.mark_progress();
+        health.mark_progress();
         info!("Connected to destination: {}", settings.name);
         was_connected = true;
         let mut wrote_any = false;
         let ended = write_until_error(
             &mut stream,
-            &queue,
+            shared,
             settings.write_timeout,
             &stop,
             &mut wrote_any,
@@ -237,16 +254,17 @@ async fn wait_drained(queue: &Queue) {
 /// lines of it that were wholly written are counted in `resent_lines`.
 async fn write_until_error<L: Link>(
     link: &mut L,
-    queue: &Queue,
+    shared: Shared<'_>,
     write_timeout: Duration,
     stop: &CancellationToken,
     wrote_any: &mut bool,
 ) -> Ended {
     let mut in_flight = InFlight::new();
     let mut acknowledged = Vec::new();
+    let queue = shared.queue;
     let ended = write_in_flight(
         link,
-        queue,
+        shared,
         write_timeout,
         stop,
         &mut in_flight,
@@ -262,6 +280,8 @@ async fn write_until_error<L: Link>(
     let mut handed_back = Vec::new();
     let n_lines_written = in_flight.hand_back(&mut handed_back);
     queue.unpop(&mut handed_back);
+    // Nothing is with the kernel any more: what was handed back is lag again.
+    shared.health.set_unacked_bytes(0);
     if matches!(ended, Ended::Failed(_)) && n_lines_written > 0 {
         queue
             .stats()
@@ -274,13 +294,14 @@ async fn write_until_error<L: Link>(
 /// The loop of [`write_until_error`]: returns with what is still unacknowledged left in `in_flight`.
 async fn write_in_flight<L: Link>(
     link: &mut L,
-    queue: &Queue,
+    shared: Shared<'_>,
     write_timeout: Duration,
     stop: &CancellationToken,
     in_flight: &mut InFlight,
     acknowledged: &mut Vec<Batch>,
     wrote_any: &mut bool,
 ) -> Ended {
+    let Shared { queue, health } = shared;
     let mut ack_poll = tokio::time::interval(ACK_POLL_INTERVAL);
     ack_poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut popped = Vec::new();
@@ -308,7 +329,7 @@ async fn write_in_flight<L: Link>(
                     in_flight.advance(n_written);
                     n_written_total += n_written as u64;
                     last_progress = Instant::now();
-                    queue.mark_progress();
+                    health.mark_progress();
                     *wrote_any = true;
                 }
                 Some(Err(err)) => return Ended::Failed(err),
@@ -336,6 +357,10 @@ async fn write_in_flight<L: Link>(
                 return Ended::Failed(closed);
             }
         } else {
+            if in_flight.is_empty() {
+                // Nothing to write: the destination is keeping up while the writer waits for lines.
+                health.mark_progress();
+            }
             let popped_any = tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ended::Stopped,
@@ -348,6 +373,7 @@ async fn write_in_flight<L: Link>(
                     if in_flight.is_empty() {
                         // Time spent with nothing to write is not a stall.
                         last_progress = Instant::now();
+                        health.mark_progress();
                     }
                     in_flight.extend(popped.drain(..));
                 }
@@ -374,11 +400,12 @@ async fn write_in_flight<L: Link>(
             Err(err) => return Ended::Failed(err),
         };
         acknowledge(queue, in_flight, n_unacked, acknowledged);
+        health.set_unacked_bytes(n_unacked);
         let n_acked_now = n_written_total.saturating_sub(n_unacked as u64);
         if n_acked_now > n_acked_total {
             n_acked_total = n_acked_now;
             last_progress = Instant::now();
-            queue.mark_progress();
+            health.mark_progress();
         }
         if !in_flight.is_empty() && last_progress.elapsed() >= write_timeout {
             queue.stats().write_timeouts.fetch_add(1, Ordering::Relaxed);
@@ -550,9 +577,14 @@ mod tests {
         };
         let mut wrote_any = false;
         let stop = CancellationToken::new();
+        let health = Health::new(Arc::clone(queue.stats()), 1 << 20, Arc::new(Notify::new()));
+        let shared = Shared {
+            queue: &queue,
+            health: &health,
+        };
         let ended = write_until_error(
             &mut link,
-            &queue,
+            shared,
             Duration::from_secs(1),
             &stop,
             &mut wrote_any,

@@ -14,7 +14,7 @@ use polymur::batch::Batch;
 use polymur::config::OverflowPolicy;
 use polymur::destination::connect::Resolving;
 use polymur::destination::writer::{self, WriterSettings};
-use polymur::destination::{ConnectSettings, Queue, QueueLimits, Resolve};
+use polymur::destination::{ConnectSettings, Health, Queue, QueueLimits, Resolve};
 use polymur::stats::DestinationStats;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -262,11 +262,13 @@ async fn a_first_address_that_black_holes_the_connect_costs_its_own_timeout_and_
         max_bytes: 1 << 20,
         overflow: OverflowPolicy::DropNewest,
     };
-    let queue = Arc::new(Queue::new(
-        limits,
+    let room = Arc::new(Notify::new());
+    let health = Arc::new(Health::new(
         Arc::clone(&stats),
-        Arc::new(Notify::new()),
+        limits.max_bytes / 4,
+        Arc::clone(&room),
     ));
+    let queue = Arc::new(Queue::new(limits, Arc::clone(&stats), room));
     let input = distinct_lines(7, N_LINES);
     queue.push(Batch::new(Bytes::from(input.clone()), N_LINES as u32));
     let settings = WriterSettings {
@@ -285,6 +287,7 @@ async fn a_first_address_that_black_holes_the_connect_costs_its_own_timeout_and_
     let started = tokio::time::Instant::now();
     let writer = tokio::spawn(writer::run(
         Arc::clone(&queue),
+        health,
         settings,
         CancellationToken::new(),
     ));

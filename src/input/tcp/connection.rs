@@ -533,7 +533,9 @@ mod tests {
 
     use super::*;
     use crate::config::{DestinationConfig, LineConfig, OverflowPolicy};
-    use crate::destination::{Queue, QueueLimits};
+    use crate::destination::health::lag_watermark_bytes;
+    use crate::destination::{Health, Queue, QueueLimits};
+    use crate::router::RouterConfig;
 
     const LINE: &[u8] = b"a.b 1 1700000000\n";
 
@@ -552,14 +554,20 @@ mod tests {
             Arc::clone(&registry.destinations[0]),
             Arc::clone(&room),
         ));
-        let router = Router::new(
-            vec![Arc::clone(&queue)],
+        let health = Arc::new(Health::new(
+            Arc::clone(&registry.destinations[0]),
+            lag_watermark_bytes(limits.max_bytes),
+            Arc::clone(&room),
+        ));
+        let router = Router::new(RouterConfig {
+            queues: vec![Arc::clone(&queue)],
+            healths: vec![health],
             room,
-            Arc::clone(&registry),
-            false,
-            CancellationToken::new(),
-            CancellationToken::new(),
-        );
+            registry: Arc::clone(&registry),
+            console_out: false,
+            draining: CancellationToken::new(),
+            stop: CancellationToken::new(),
+        });
         let context = ConnectionContext {
             config,
             rules: Rules::from_config(&LineConfig::default()),
