@@ -17,7 +17,8 @@
 //! have all been consumed, so the first event popped for a line is its first byte outside the alphabet.
 
 use super::classify::{Classifier, Masks};
-use super::{Rules, TS_FAR_SECS};
+use super::numbers::TS_FAR_SECS;
+use super::Rules;
 
 /// A complete line found by [`Lines::next_line`]: where its LF is, and whether it must go through `parse`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,7 +2,8 @@
 
 use bytes::BytesMut;
 
-use super::{check as check_line, parse_digits, Invalid, Note, Rules, Valid};
+use super::numbers::parse_digits;
+use super::{check as check_line, Invalid, Note, Rules, Valid};
 use crate::config::PathPolicy;
 
 /// The clock the cases are written against: 2023-11-14.
