@@ -13,8 +13,8 @@
 //! # The line format
 //!
 //! A line is `path value timestamp`, fields separated by runs of spaces or tabs. Leading spaces and tabs are
-//! trimmed, and so is a trailing run of spaces, tabs and CRs (so CRLF works). The normal form has single spaces and
-//! no CR; value and timestamp are forwarded verbatim.
+//! trimmed, and so is a trailing run of spaces, tabs and CRs (so CRLF works). The normal form has single spaces, no
+//! CR, and no leading `+` on the value or the timestamp; value and timestamp are otherwise forwarded verbatim.
 //!
 //! - **Length**: the line without its LF, counting a trailing CR, is at most `max_line_bytes` (`line_len`).
 //! - **Fields**: nothing but whitespace is `empty`; anything but exactly three fields is `fields`.
@@ -22,9 +22,15 @@
 //!   `[+-]?(digits[.digits*]|.digits)([eE][+-]?digits)?`, so `1.`, `.5` and `-1.5E-3` pass and `.` does not.
 //!   `inf`/`infinity` in any case and with a sign is forwarded and noted (`inf`); any NaN is `nan`; everything else
 //!   (hex, `_`, `,`, non-ASCII digits) is `value`.
-//! - **Timestamp**: `digits` or `digits.digits*` seconds, not zero, or exactly `-1` (carbon substitutes the time of
-//!   arrival); anything else, including other negatives, is `ts`. More than 365 days from now either way (such as
+//! - **Timestamp**: `+?digits` or `+?digits.digits*` seconds, not zero, or exactly `-1` (carbon substitutes the time
+//!   of arrival); anything else, including other negatives, is `ts`. More than 365 days from now either way (such as
 //!   milliseconds) is forwarded and noted (`ts_far`).
+//! - **Plus signs**: carbon's receiver calls Python `float()` on both fields, which takes a leading `+`, so a value
+//!   or timestamp may start with one; it is left out of the forwarded line, for destinations that take no `+`. A
+//!   `+` is treated exactly like a `-` in the same place: one sign at most, then the unsigned syntax. So `+` alone,
+//!   `++1` and `+-1` are `value` (as `-`, `--1` and `-+1` are) or `ts`; `+nan` is `nan`; `+inf` is forwarded as
+//!   `inf` and noted; `+0` is `ts` as `0` is, and `+inf`, `+nan` and `+-1` as timestamps are `ts` as `inf`, `nan` and
+//!   `--1` are. Only a field's first byte is a sign: an exponent's (`1e+5`) stays.
 //! - **Path**: a NUL is `nul`, invalid UTF-8 is `utf8`. A path may carry Graphite tags, `name;tag=value;...`: only
 //!   the name is normalised, the tags pass unchanged. In the name, each byte outside `[A-Za-z0-9-_:#.]` is replaced
 //!   by `_` under `path_policy = sanitize` (byte for byte, as carbon-c-relay does, so `é` becomes `__`), refused as
@@ -51,7 +57,7 @@ use std::ops::Range;
 
 use crate::config::PathPolicy;
 use fields::split_fields;
-use numbers::{check_timestamp, check_value};
+use numbers::{check_timestamp, check_value, without_plus};
 use paths::{check_path, name_is_normal, normalize_name, split_tags};
 
 /// Why a line was not forwarded. Each is a counter in stats, named by [`Invalid::name`].
@@ -315,11 +321,14 @@ fn parse(line: &[u8], rules: &Rules) -> Result<Parsed, Invalid> {
     if path_rewritten {
         notes.insert(Note::Sanitized);
     }
+    let value = without_plus(line, fields.value.clone());
+    let timestamp = without_plus(line, fields.timestamp.clone());
+    let plus_removed = value != fields.value || timestamp != fields.timestamp;
     Ok(Parsed {
-        as_is: fields.normal && !path_rewritten,
+        as_is: fields.normal && !path_rewritten && !plus_removed,
         path: fields.path,
-        value: fields.value,
-        timestamp: fields.timestamp,
+        value,
+        timestamp,
         notes,
         path_rewritten,
     })

@@ -4,6 +4,8 @@
 //! format of the [parent module](super). Invariants: only ASCII digits, `.`, `e`/`E`, signs and the spelled-out
 //! infinities and NaN pass; a check never allocates, and its result depends on the field's bytes and the clock only.
 
+use std::ops::Range;
+
 use super::Invalid;
 
 /// Seconds a timestamp may be away from now, either way, before it is noted as [`super::Note::TsFar`].
@@ -62,43 +64,46 @@ fn check_special_value(unsigned: &[u8]) -> Result<bool, Invalid> {
     }
 }
 
-/// Checks a timestamp: `digits` or `digits.digits*`, not zero, or exactly `-1` (carbon substitutes the time it
+/// Checks a timestamp: `+?digits` or `+?digits.digits*`, not zero, or exactly `-1` (carbon substitutes the time it
 /// receives the line). Returns true when it is more than a year from `now_secs`, either way.
 pub(super) fn check_timestamp(timestamp: &[u8], now_secs: i64) -> Result<bool, Invalid> {
     if timestamp == b"-1" {
         return Ok(false);
     }
+    // A leading `+` is taken, as carbon's `float(timestamp)` takes it. What follows must be unsigned, so `++1` and
+    // `+-1` are refused: exactly `-1` is the only timestamp with a minus.
+    let unsigned = timestamp.strip_prefix(b"+").unwrap_or(timestamp);
     let now = u64::try_from(now_secs).unwrap_or(0);
     // The common case, whole seconds, checked without a loop exit per byte.
-    let all_digits = timestamp
+    let all_digits = unsigned
         .iter()
         .fold(true, |all, byte| all & byte.is_ascii_digit());
-    if all_digits && timestamp.len() <= MAX_U64_DIGITS {
-        let secs = parse_digits(timestamp);
+    if all_digits && (1..=MAX_U64_DIGITS).contains(&unsigned.len()) {
+        let secs = parse_digits(unsigned);
         if secs == 0 {
             return Err(Invalid::Ts);
         }
         return Ok(secs.abs_diff(now) > TS_FAR_SECS);
     }
-    let n_int_digits = count_digits(timestamp, 0);
+    let n_int_digits = count_digits(unsigned, 0);
     if n_int_digits == 0 {
         return Err(Invalid::Ts);
     }
     let mut at = n_int_digits;
     let mut fraction_is_zero = true;
-    if timestamp.get(at) == Some(&b'.') {
-        let n_fraction_digits = count_digits(timestamp, at + 1);
-        fraction_is_zero = timestamp[at + 1..at + 1 + n_fraction_digits]
+    if unsigned.get(at) == Some(&b'.') {
+        let n_fraction_digits = count_digits(unsigned, at + 1);
+        fraction_is_zero = unsigned[at + 1..at + 1 + n_fraction_digits]
             .iter()
             .all(|&byte| byte == b'0');
         at += 1 + n_fraction_digits;
     }
-    if at != timestamp.len() {
+    if at != unsigned.len() {
         return Err(Invalid::Ts);
     }
     // Only whole seconds matter at a one-year tolerance. More than 19 significant digits cannot fit in a u64 and is
     // far from any clock; checking that first keeps the sum a plain multiply-add.
-    let int_digits = &timestamp[..n_int_digits];
+    let int_digits = &unsigned[..n_int_digits];
     let significant = &int_digits[int_digits.iter().take_while(|&&byte| byte == b'0').count()..];
     if significant.len() > MAX_U64_DIGITS {
         return Ok(true);
@@ -108,6 +113,19 @@ pub(super) fn check_timestamp(timestamp: &[u8], now_secs: i64) -> Result<bool, I
         return Err(Invalid::Ts);
     }
     Ok(secs.abs_diff(now) > TS_FAR_SECS)
+}
+
+/// The range of a value or timestamp that passed its check, without its leading `+` if it has one.
+///
+/// The normal form has no plus sign: carbon takes one (its receiver calls `float()` on both fields), but stricter
+/// destinations may not, and a line forwarded in normal form must be taken by every destination. The `+` is the
+/// field's first byte only; an exponent's sign (`1e+5`) is part of the number and stays.
+pub(super) fn without_plus(line: &[u8], field: Range<usize>) -> Range<usize> {
+    if line.get(field.start) == Some(&b'+') {
+        field.start + 1..field.end
+    } else {
+        field
+    }
 }
 
 /// Most decimal digits that always fit in a u64.

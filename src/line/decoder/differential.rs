@@ -157,8 +157,10 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
             format!("{}{path_odd}{}", &path[..at], &path[at..])
         }
     };
-    let value = match rng.random_range(0..5) {
+    let value = match rng.random_range(0..6) {
         0 => rng.random_range(0..1000).to_string(),
+        // A plus sign, which `parse` takes and leaves out of the forwarded line.
+        5 => format!("+{}", rng.random_range(0..1000)),
         1 => format!(
             "{}.{:02}",
             rng.random_range(0..100_000),
@@ -181,6 +183,14 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
                 "inf",
                 "-Infinity",
                 "+1",
+                "+",
+                "++1",
+                "+-1",
+                "-+1",
+                "+.5",
+                "+1e+5",
+                "+inf",
+                "+nan",
                 "1.2.3",
                 "1-",
                 "--1",
@@ -199,8 +209,9 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
         .to_string(),
     };
     let now = NOW_SECS + rng.random_range(-100..100);
-    let timestamp = match rng.random_range(0..4) {
+    let timestamp = match rng.random_range(0..5) {
         0 => now.to_string(),
+        4 => format!("+{now}"),
         1 => (NOW_SECS + rng.random_range(-40_000_000..40_000_000)).to_string(),
         _ => pick(
             rng,
@@ -221,6 +232,13 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
                 "",
                 "1.2.3",
                 "+1700000000",
+                "+",
+                "++1700000000",
+                "+-1",
+                "+0",
+                "+1",
+                "+1700000000.5",
+                "+inf",
                 "17000e0",
                 "1731536000",
                 "1731536001",
@@ -336,6 +354,9 @@ pub(super) fn pieces() -> impl Strategy<Value = Vec<u8>> {
         Just(&b"1"[..]),
         Just(&b"1.5"[..]),
         Just(&b"-1"[..]),
+        Just(&b"+"[..]),
+        Just(&b"+1"[..]),
+        Just(&b" +1700000000"[..]),
         Just(&b"1700000000"[..]),
         Just(&b"1700000000\n"[..]),
         Just(&b"."[..]),
@@ -404,7 +425,8 @@ proptest! {
 }
 
 /// A few thousand realistic lines, fed whole and in many cuts, with small and default batches: the bulk case, and a
-/// check that most lines really take the fast path's as-is verdict (or the test would prove little).
+/// check that most lines really take the fast path's as-is verdict (or the test would prove little), and that lines
+/// with a `+` sign were among them.
 #[test]
 fn the_fast_scan_and_the_plain_decoder_agree_on_thousands_of_lines() {
     let mut rng = StdRng::seed_from_u64(0x5ca1ab1e);
@@ -425,6 +447,14 @@ fn the_fast_scan_and_the_plain_decoder_agree_on_thousands_of_lines() {
             let plain = assert_same(&input, &feed).expect("fast and plain agree");
             assert!(plain.counts.valid > 2000, "{:?}", plain.counts);
             assert!(plain.counts.n_invalid() > 100, "{:?}", plain.counts);
+            // Signed fields reach `parse` and come out without their `+`.
+            let plus_field = |bytes: &[u8]| {
+                bytes
+                    .windows(3)
+                    .any(|three| three[..2] == *b" +" && three[2].is_ascii_digit())
+            };
+            assert!(plus_field(&input));
+            assert!(!plain.batches.iter().any(|batch| plus_field(batch)));
             n_cases += 1;
         }
     }
