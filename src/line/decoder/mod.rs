@@ -4,8 +4,9 @@
 //! them) are not copied one by one: consecutive ones form a run that goes into the batch with one copy, and a line
 //! that must be rewritten or is refused ends the run. Invariants: the decoder never buffers input itself, so a
 //! connection's memory stays its read buffer plus its batch; it consumes only whole lines, except the head of an
-//! over-long line, which it drops and then skips to its LF; and it never writes a batch past the point where
-//! [`BatchBuilder::is_full`] turns true by bytes.
+//! over-long line, which it drops and then skips to its LF; it counts every line exactly once, an over-long one as
+//! `line_len` when its head is dropped and never again when the connection ends while it is skipped; and it never
+//! writes a batch past the point where [`BatchBuilder::is_full`] turns true by bytes.
 //!
 //! A pending run is copied when it reaches the batch's byte or line limit, so the line limit holds exactly and the
 //! byte limit is passed by at most one line, as [`BatchBuilder::is_full`] sees them.
@@ -73,7 +74,9 @@ impl Decoder {
         }
     }
 
-    /// True while the rest of an over-long line is being skipped up to its LF.
+    /// True while the rest of an over-long line is being skipped up to its LF. That line was counted as `line_len`
+    /// when its head was dropped, so a caller that gives up on the connection now must not count it again: use
+    /// [`Decoder::finish`] or [`Decoder::finish_timed_out`], which know.
     pub fn is_discarding(&self) -> bool {
         self.discarding
     }
@@ -81,7 +84,7 @@ impl Decoder {
     /// Decodes complete lines at the start of `buf` into `batch`, stopping when no complete line is left or the batch
     /// is full. Returns the number of bytes consumed; the caller keeps the rest and presents it again, followed by
     /// more bytes. A rest longer than `max_line_bytes` (no LF yet) is consumed, counted once as `line_len`, and the
-    /// decoder skips up to the next LF.
+    /// decoder skips up to the next LF, consuming all of every buffer until then ([`Decoder::is_discarding`]).
     ///
     /// Uses the fast scan; the result is exactly that of [`Decoder::decode_plain`].
     pub fn decode(
@@ -225,11 +228,28 @@ impl Decoder {
         pos
     }
 
-    /// Accounts for the bytes left when the connection reached EOF (`partial_eof` if any, or if a long line was being
-    /// skipped).
+    /// Accounts for the bytes `decode` left when the connection ended (EOF, a read error, the end of the shutdown
+    /// grace): `partial_eof` if they hold part of a line. An over-long line still being skipped was counted as
+    /// `line_len` when its head was dropped, and is not counted again: every line is counted once.
     pub fn finish(&mut self, rest: &[u8], counts: &mut LineCounts) {
-        if !rest.is_empty() || self.discarding {
-            counts.add_invalid(Invalid::PartialEof);
+        self.finish_with(rest, Invalid::PartialEof, counts);
+    }
+
+    /// Accounts for the bytes `decode` left when the connection is closed because its partial line is older than
+    /// `listen.partial_line_timeout`: `partial_timeout` if they hold part of a line, and nothing for an over-long line
+    /// being skipped, which was counted as `line_len` already.
+    pub fn finish_timed_out(&mut self, rest: &[u8], counts: &mut LineCounts) {
+        self.finish_with(rest, Invalid::PartialTimeout, counts);
+    }
+
+    fn finish_with(&mut self, rest: &[u8], reason: Invalid, counts: &mut LineCounts) {
+        // `decode` consumes the whole buffer while skipping, up to the LF that ends the skipped line.
+        debug_assert!(
+            rest.is_empty() || !self.discarding,
+            "bytes left while skipping a line"
+        );
+        if !rest.is_empty() {
+            counts.add_invalid(reason);
         }
         self.discarding = false;
     }

@@ -25,9 +25,17 @@ struct Decoded {
     counts: LineCounts,
 }
 
+/// How the connection ends after its last chunk: the decoder's method that accounts for what is left.
+type End = fn(&mut Decoder, &[u8], &mut LineCounts);
+
 /// Feeds `chunks` to one decoder as a connection does: the unconsumed rest is kept and presented again with the
 /// next chunk, a full batch is taken before decoding on, and at EOF the last batch is taken and `finish` called.
 fn decode_chunks(chunks: &[&[u8]], max_lines: usize, max_bytes: usize) -> Decoded {
+    decode_chunks_until(chunks, max_lines, max_bytes, Decoder::finish)
+}
+
+/// [`decode_chunks`], the connection ending by `end` after the last chunk.
+fn decode_chunks_until(chunks: &[&[u8]], max_lines: usize, max_bytes: usize, end: End) -> Decoded {
     let mut decoder = Decoder::new(rules());
     let mut batch = BatchBuilder::new(max_lines, max_bytes);
     let mut counts = LineCounts::default();
@@ -52,7 +60,7 @@ fn decode_chunks(chunks: &[&[u8]], max_lines: usize, max_bytes: usize) -> Decode
         }
     }
     take(&mut batch);
-    decoder.finish(&pending, &mut counts);
+    end(&mut decoder, &pending, &mut counts);
     Decoded {
         output,
         n_batches,
@@ -171,12 +179,77 @@ fn a_partial_line_at_eof_is_counted() {
     assert_eq!(decode(b"").counts.n_invalid(), 0);
 }
 
+/// Lines in `input` as a connection that reaches EOF sees them: every LF ends one, and a non-empty rest is one more.
+fn n_lines_in(input: &[u8]) -> u64 {
+    let n_complete = memchr::memchr_iter(b'\n', input).count();
+    let has_partial = input.last().is_some_and(|&byte| byte != b'\n');
+    (n_complete + usize::from(has_partial)) as u64
+}
+
 #[test]
-fn eof_while_skipping_a_long_line_is_counted_once_as_partial() {
+fn an_over_long_line_cut_by_eof_is_counted_once_as_line_len_not_also_as_partial_eof() {
+    // Regression: `finish` added `partial_eof` while the long line was being skipped, so one line counted twice.
     let decoded = decode(&[b'x'; 100]);
     assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
-    assert_eq!(invalid(&decoded, Invalid::PartialEof), 1);
+    assert_eq!(decoded.counts.n_invalid(), 1);
+    assert_eq!(decoded.counts.valid, 0);
     assert!(decoded.output.is_empty());
+    // The same over several reads, after a valid line.
+    let head = [b'x'; 40];
+    let decoded = decode_chunks(&[b"a.b 1 1700000000\n", &head, &head, &head], 4096, 1 << 20);
+    assert_eq!(decoded.output, b"a.b 1 1700000000\n");
+    assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
+    assert_eq!(decoded.counts.n_invalid(), 1);
+}
+
+#[test]
+fn an_over_long_line_cut_by_the_partial_line_timeout_is_counted_once_as_line_len_not_also_as_partial_timeout(
+) {
+    let head = [b'x'; 40];
+    let decoded = decode_chunks_until(&[&head, &head], 4096, 1 << 20, Decoder::finish_timed_out);
+    assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
+    assert_eq!(decoded.counts.n_invalid(), 1);
+}
+
+#[test]
+fn a_partial_line_cut_by_the_partial_line_timeout_is_counted_once_as_partial_timeout() {
+    let decoded = decode_chunks_until(
+        &[b"a.b 1 1700000000\nc.d 2"],
+        4096,
+        1 << 20,
+        Decoder::finish_timed_out,
+    );
+    assert_eq!(decoded.output, b"a.b 1 1700000000\n");
+    assert_eq!(invalid(&decoded, Invalid::PartialTimeout), 1);
+    assert_eq!(decoded.counts.n_invalid(), 1);
+}
+
+#[test]
+fn a_partial_line_after_an_over_long_one_is_its_own_line_and_counted_as_partial_eof() {
+    let mut input = vec![b'x'; 100];
+    input.extend_from_slice(b"\nc.d 2");
+    let decoded = decode_chunks(&[&input[..70], &input[70..]], 4096, 1 << 20);
+    assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
+    assert_eq!(invalid(&decoded, Invalid::PartialEof), 1);
+    assert_eq!(decoded.counts.n_invalid(), 2);
+}
+
+#[test]
+fn every_line_is_counted_exactly_once_whatever_its_length_and_end() {
+    for input in [
+        &b""[..],
+        b"\n",
+        b"a.b 1 1700000000",
+        b"a.b 1 1700000000\n",
+        b"a.b 1 1700000000\n\n\nx\n",
+        &[b'x'; 64],
+        &[b'x'; 65],
+        b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\na 1 1700000000\nxxx",
+    ] {
+        let decoded = decode(input);
+        let n_counted = decoded.counts.valid + decoded.counts.n_invalid();
+        assert_eq!(n_counted, n_lines_in(input), "{:?}", input.escape_ascii().to_string());
+    }
 }
 
 #[test]
@@ -228,6 +301,13 @@ proptest! {
             let rechecked = check(line, &rules(), &mut out);
             prop_assert!(matches!(rechecked, Ok(Valid::AsIs(_))), "{:?} -> {:?}", line.escape_ascii().to_string(), rechecked);
         }
+    }
+
+    #[test]
+    fn any_bytes_split_anywhere_count_every_line_exactly_once(input in stream(), split in any::<prop::sample::Index>()) {
+        let at = split.index(input.len() + 1);
+        let decoded = decode_chunks(&[&input[..at], &input[at..]], 7, 100);
+        prop_assert_eq!(decoded.counts.valid + decoded.counts.n_invalid(), n_lines_in(&input));
     }
 
     #[test]
