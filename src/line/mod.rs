@@ -279,7 +279,9 @@ pub fn check(line: &[u8], rules: &Rules, out: &mut bytes::BytesMut) -> Result<Va
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Parsed {
     path: Range<usize>,
+    /// The value as forwarded: without a leading `+`.
     value: Range<usize>,
+    /// The timestamp as forwarded: without a leading `+`.
     timestamp: Range<usize>,
     notes: Notes,
     /// The path's name part must be rewritten (characters replaced or dots collapsed).
