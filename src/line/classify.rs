@@ -10,7 +10,7 @@
 //! architectures use the scalar version, which is also the reference the SIMD versions are tested against.
 #![allow(unsafe_code)]
 
-use super::in_alphabet;
+use super::paths::in_alphabet;
 
 /// The bitmaps of one 64-byte block.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -13,11 +13,13 @@
 //! note) as the 16 bytes that end at its LF, so a timestamp in the first 16 bytes of the buffer fails the test.
 //!
 //! Invariant: the test only ever says [`Line::AsIs`] for a line that `parse` forwards as-is with the same notes; anything
-//! else it is unsure about is [`Line::Check`], which the decoder gives to `parse`. The events before a line's start
+//! else it is unsure about is [`Line::Check`], which the decoder gives to `parse`. A field with a `+` sign, which
+//! `parse` rewrites without it, is one of those: `+` is outside the alphabet, so it is an event like any odd byte. The events before a line's start
 //! have all been consumed, so the first event popped for a line is its first byte outside the alphabet.
 
 use super::classify::{Classifier, Masks};
-use super::{Rules, TS_FAR_SECS};
+use super::numbers::TS_FAR_SECS;
+use super::Rules;
 
 /// A complete line found by [`Lines::next_line`]: where its LF is, and whether it must go through `parse`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -466,6 +468,15 @@ mod tests {
     #[test]
     fn a_field_in_the_first_sixteen_bytes_of_the_buffer_is_left_to_the_full_check() {
         assert_eq!(verdicts(b"a 1 1700000000\n"), [Line::Check { lf: 14 }]);
+    }
+
+    #[test]
+    fn a_plus_sign_on_the_value_or_the_timestamp_sends_the_line_to_the_full_check() {
+        // `+` is outside the path alphabet, so it is an event and the line is never taken as-is: `parse` removes it.
+        for line in [line_with("+1", "1700000000"), line_with("1", "+1700000000")] {
+            let lf = line.len() - 1;
+            assert_eq!(verdicts(&line), [Line::Check { lf }]);
+        }
     }
 
     /// A line whose value and timestamp end far enough into the buffer for the fixed test.

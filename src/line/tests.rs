@@ -2,7 +2,8 @@
 
 use bytes::BytesMut;
 
-use super::{check as check_line, parse_digits, Invalid, Note, Rules, Valid};
+use super::numbers::parse_digits;
+use super::{check as check_line, Invalid, Note, Rules, Valid};
 use crate::config::PathPolicy;
 
 /// The clock the cases are written against: 2023-11-14.
@@ -126,7 +127,6 @@ fn lines_without_three_fields_are_refused() {
 fn decimal_values_are_forwarded() {
     check("a 1 1700000000", "a 1 1700000000");
     check("a -1 1700000000", "a -1 1700000000");
-    check("a +1 1700000000", "a +1 1700000000");
     check("a 1.5 1700000000", "a 1.5 1700000000");
     check("a 1. 1700000000", "a 1. 1700000000");
     check("a .5 1700000000", "a .5 1700000000");
@@ -140,7 +140,6 @@ fn decimal_values_are_forwarded() {
 #[test]
 fn infinities_are_forwarded_and_noted() {
     check("a inf 1700000000", "a inf 1700000000 inf");
-    check("a +inf 1700000000", "a +inf 1700000000 inf");
     check("a -INF 1700000000", "a -INF 1700000000 inf");
     check("a Infinity 1700000000", "a Infinity 1700000000 inf");
     check("a -iNfInItY 1700000000", "a -iNfInItY 1700000000 inf");
@@ -195,7 +194,6 @@ fn minus_one_is_the_only_timestamp_below_one_forwarded() {
 #[test]
 fn malformed_timestamps_are_refused() {
     check("a 1 .5", "!ts");
-    check("a 1 +1700000000", "!ts");
     check("a 1 1700000000e0", "!ts");
     check("a 1 17_00000000", "!ts");
     check("a 1 abc", "!ts");
@@ -325,6 +323,51 @@ fn the_first_broken_rule_is_the_reason() {
     check("a\0b 1 x", "!ts");
     check("... 1 x", "!ts");
     check("a\0b x", "!fields");
+}
+
+#[test]
+fn a_leading_plus_on_the_value_or_the_timestamp_is_accepted_and_left_out() {
+    check("a.b +1 1700000000", "a.b 1 1700000000");
+    check("a.b 1 +1700000000", "a.b 1 1700000000");
+    check("a.b +1 +1700000000", "a.b 1 1700000000");
+    check("a.b +1.5e+3 1700000000", "a.b 1.5e+3 1700000000");
+    check("a.b +.5 1700000000", "a.b .5 1700000000");
+    check("a.b +1. 1700000000", "a.b 1. 1700000000");
+    check("a.b 1 +1700000000.5", "a.b 1 1700000000.5");
+    check("a.b 1 +1700000000.", "a.b 1 1700000000.");
+    check("a.b\t+1\t+1700000000\r", "a.b 1 1700000000");
+    check("a.b 1 +1", "a.b 1 1 ts_far");
+    check("a.b 1 +1700000000000", "a.b 1 1700000000000 ts_far");
+    check("a..b +1 +1700000000", "a.b 1 1700000000 sanitized");
+}
+
+#[test]
+fn a_plus_sign_is_refused_wherever_a_minus_sign_would_be() {
+    check("a.b + 1700000000", "!value");
+    check("a.b ++1 1700000000", "!value");
+    check("a.b +-1 1700000000", "!value");
+    check("a.b -+1 1700000000", "!value");
+    check("a.b 1+ 1700000000", "!value");
+    check("a.b +e5 1700000000", "!value");
+    check("a.b 1 +", "!ts");
+    check("a.b 1 ++1700000000", "!ts");
+    check("a.b 1 +-1", "!ts");
+    check("a.b 1 -+1", "!ts");
+    check("a.b 1 1700000000+", "!ts");
+    check("a.b 1 +.5", "!ts");
+    check("a.b 1 +0", "!ts");
+    check("a.b 1 +0.0", "!ts");
+    check("a.b 1 +inf", "!ts");
+    check("a.b 1 +nan", "!ts");
+}
+
+#[test]
+fn a_plus_sign_on_nan_or_an_infinity_is_treated_as_a_minus_sign_is() {
+    check("a.b +nan 1700000000", "!nan");
+    check("a.b +NaN 1700000000", "!nan");
+    check("a.b +inf 1700000000", "a.b inf 1700000000 inf");
+    check("a.b +Infinity 1700000000", "a.b Infinity 1700000000 inf");
+    check("a.b -inf 1700000000", "a.b -inf 1700000000 inf");
 }
 
 #[test]

@@ -47,6 +47,8 @@ struct Feed {
     cuts: Vec<usize>,
     max_lines: usize,
     max_bytes: usize,
+    /// How far the clock moves between reads, so a `ts_far` verdict near the edge of the year is tested in step.
+    clock_step_secs: i64,
 }
 
 /// Drives one decoder as a connection does: each read is appended to the unconsumed rest, a full batch is taken
@@ -68,7 +70,7 @@ fn trace(mode: Mode, input: &[u8], feed: &Feed) -> Trace {
     bounds.push(input.len());
     bounds.sort_unstable();
     for (index, read) in bounds.windows(2).enumerate() {
-        decoder.set_now(feed.rules.now_secs + index as i64 * 1000);
+        decoder.set_now(feed.rules.now_secs + index as i64 * feed.clock_step_secs);
         pending.extend_from_slice(&input[read[0]..read[1]]);
         loop {
             let consumed = match mode {
@@ -157,8 +159,10 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
             format!("{}{path_odd}{}", &path[..at], &path[at..])
         }
     };
-    let value = match rng.random_range(0..5) {
+    let value = match rng.random_range(0..6) {
         0 => rng.random_range(0..1000).to_string(),
+        // A plus sign, which `parse` takes and leaves out of the forwarded line.
+        5 => format!("+{}", rng.random_range(0..1000)),
         1 => format!(
             "{}.{:02}",
             rng.random_range(0..100_000),
@@ -181,6 +185,14 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
                 "inf",
                 "-Infinity",
                 "+1",
+                "+",
+                "++1",
+                "+-1",
+                "-+1",
+                "+.5",
+                "+1e+5",
+                "+inf",
+                "+nan",
                 "1.2.3",
                 "1-",
                 "--1",
@@ -199,8 +211,9 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
         .to_string(),
     };
     let now = NOW_SECS + rng.random_range(-100..100);
-    let timestamp = match rng.random_range(0..4) {
+    let timestamp = match rng.random_range(0..5) {
         0 => now.to_string(),
+        4 => format!("+{now}"),
         1 => (NOW_SECS + rng.random_range(-40_000_000..40_000_000)).to_string(),
         _ => pick(
             rng,
@@ -221,6 +234,13 @@ fn realistic_line(rng: &mut impl Rng) -> Vec<u8> {
                 "",
                 "1.2.3",
                 "+1700000000",
+                "+",
+                "++1700000000",
+                "+-1",
+                "+0",
+                "+1",
+                "+1700000000.5",
+                "+inf",
                 "17000e0",
                 "1731536000",
                 "1731536001",
@@ -317,6 +337,7 @@ fn feed_strategy(max_input_len: usize) -> impl Strategy<Value = Feed> {
             cuts,
             max_lines,
             max_bytes,
+            clock_step_secs: 1000,
         })
 }
 
@@ -336,6 +357,9 @@ pub(super) fn pieces() -> impl Strategy<Value = Vec<u8>> {
         Just(&b"1"[..]),
         Just(&b"1.5"[..]),
         Just(&b"-1"[..]),
+        Just(&b"+"[..]),
+        Just(&b"+1"[..]),
+        Just(&b" +1700000000"[..]),
         Just(&b"1700000000"[..]),
         Just(&b"1700000000\n"[..]),
         Just(&b"."[..]),
@@ -353,6 +377,68 @@ pub(super) fn pieces() -> impl Strategy<Value = Vec<u8>> {
     let any_byte = any::<u8>().prop_map(|byte| vec![byte]);
     prop::collection::vec(prop_oneof![6 => piece, 1 => any_byte], 0..200)
         .prop_map(|pieces| pieces.concat())
+}
+
+/// Arbitrary bytes with no structure but a bias towards the bytes that matter to a line: LF, CR, NUL, blanks, signs,
+/// digits, dots, `;` and `=`, DEL and high bytes (a UTF-8 `é` and bytes no UTF-8 has), long runs of one byte (over-long
+/// lines, long blanks, many LFs), and pieces of lines.
+fn byte_soup() -> impl Strategy<Value = Vec<u8>> {
+    let special = prop::sample::select(&b"\n\n\n\r\0 \t+-.;=0123456789eE\x7f\x80\xc3\xa9\xff"[..]);
+    let run_byte = prop_oneof![special.clone(), any::<u8>()];
+    let element = prop_oneof![
+        4 => special.prop_map(|byte| vec![byte]),
+        4 => any::<u8>().prop_map(|byte| vec![byte]),
+        1 => (run_byte, 1usize..400).prop_map(|(byte, len)| vec![byte; len]),
+        1 => pieces(),
+    ];
+    prop::collection::vec(element, 0..100).prop_map(|elements| elements.concat())
+}
+
+/// Lines in `input` as a connection that reaches EOF sees them: every LF ends one, and a non-empty rest is one more.
+fn n_lines_in(input: &[u8]) -> u64 {
+    let n_complete = memchr::memchr_iter(b'\n', input).count();
+    let has_partial = input.last().is_some_and(|&byte| byte != b'\n');
+    (n_complete + usize::from(has_partial)) as u64
+}
+
+/// The byte-soup check, shared with the regression cases below: the fast decoder with every classifier, fed `input`
+/// in the reads that `cuts` make, gives exactly the batches and counts of the plain decoder fed the whole input in one
+/// read, and counts every line once. The clock stands still, so only the cuts differ.
+fn assert_soup_decodes_as_the_model(
+    input: &[u8],
+    rules: Rules,
+    cuts: Vec<usize>,
+    max_lines: usize,
+    max_bytes: usize,
+) -> Result<(), TestCaseError> {
+    let whole = Feed {
+        rules,
+        cuts: Vec::new(),
+        max_lines,
+        max_bytes,
+        clock_step_secs: 0,
+    };
+    let split = Feed {
+        cuts,
+        ..whole.clone()
+    };
+    let model = trace(Mode::Plain, input, &whole);
+    prop_assert_eq!(
+        model.counts.valid + model.counts.n_invalid(),
+        n_lines_in(input),
+        "{:?}",
+        model.counts
+    );
+    for classifier in Classifier::all_available() {
+        let fast = trace(Mode::Fast(classifier), input, &split);
+        let context = format!(
+            "{classifier:?} on {:?} fed as {split:?}",
+            input.escape_ascii().to_string()
+        );
+        prop_assert_eq!(&fast.batches, &model.batches, "{}", context);
+        prop_assert_eq!(&fast.counts, &model.counts, "{}", context);
+    }
+    Ok(())
 }
 
 /// Lines that are valid but for their dots, with paths of every length so that dots, pairs of dots and fields
@@ -403,8 +489,27 @@ proptest! {
     }
 }
 
+proptest! {
+    // Fewer cases than above, as the inputs are larger (runs of hundreds of bytes); `fuzz/` runs the same check for
+    // as long as one cares to wait.
+    #![proptest_config(ProptestConfig::with_cases(400))]
+
+    #[test]
+    fn byte_soup_split_anywhere_decodes_exactly_as_the_plain_decoder_on_the_whole_input(
+        input in byte_soup(),
+        rules in rules_strategy(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..24),
+        max_lines in prop_oneof![Just(1usize), Just(2), Just(7), Just(4096)],
+        max_bytes in prop_oneof![Just(1usize), Just(40), Just(100), Just(300), Just(1 << 20)],
+    ) {
+        let cuts = cuts.iter().map(|cut| cut.index(input.len() + 1)).collect();
+        assert_soup_decodes_as_the_model(&input, rules, cuts, max_lines, max_bytes)?;
+    }
+}
+
 /// A few thousand realistic lines, fed whole and in many cuts, with small and default batches: the bulk case, and a
-/// check that most lines really take the fast path's as-is verdict (or the test would prove little).
+/// check that most lines really take the fast path's as-is verdict (or the test would prove little), and that lines
+/// with a `+` sign were among them.
 #[test]
 fn the_fast_scan_and_the_plain_decoder_agree_on_thousands_of_lines() {
     let mut rng = StdRng::seed_from_u64(0x5ca1ab1e);
@@ -421,10 +526,19 @@ fn the_fast_scan_and_the_plain_decoder_agree_on_thousands_of_lines() {
                 cuts,
                 max_lines,
                 max_bytes,
+                clock_step_secs: 1000,
             };
             let plain = assert_same(&input, &feed).expect("fast and plain agree");
             assert!(plain.counts.valid > 2000, "{:?}", plain.counts);
             assert!(plain.counts.n_invalid() > 100, "{:?}", plain.counts);
+            // Signed fields reach `parse` and come out without their `+`.
+            let plus_field = |bytes: &[u8]| {
+                bytes
+                    .windows(3)
+                    .any(|three| three[..2] == *b" +" && three[2].is_ascii_digit())
+            };
+            assert!(plus_field(&input));
+            assert!(!plain.batches.iter().any(|batch| plus_field(batch)));
             n_cases += 1;
         }
     }

@@ -4,8 +4,9 @@
 //! them) are not copied one by one: consecutive ones form a run that goes into the batch with one copy, and a line
 //! that must be rewritten or is refused ends the run. Invariants: the decoder never buffers input itself, so a
 //! connection's memory stays its read buffer plus its batch; it consumes only whole lines, except the head of an
-//! over-long line, which it drops and then skips to its LF; and it never writes a batch past the point where
-//! [`BatchBuilder::is_full`] turns true by bytes.
+//! over-long line, which it drops and then skips to its LF; it counts every line exactly once, an over-long one as
+//! `line_len` when its head is dropped and never again when the connection ends while it is skipped; and it never
+//! writes a batch past the point where [`BatchBuilder::is_full`] turns true by bytes.
 //!
 //! A pending run is copied when it reaches the batch's byte or line limit, so the line limit holds exactly and the
 //! byte limit is passed by at most one line, as [`BatchBuilder::is_full`] sees them.
@@ -73,7 +74,9 @@ impl Decoder {
         }
     }
 
-    /// True while the rest of an over-long line is being skipped up to its LF.
+    /// True while the rest of an over-long line is being skipped up to its LF. That line was counted as `line_len`
+    /// when its head was dropped, so a caller that gives up on the connection now must not count it again: use
+    /// [`Decoder::finish`] or [`Decoder::finish_timed_out`], which know.
     pub fn is_discarding(&self) -> bool {
         self.discarding
     }
@@ -81,7 +84,7 @@ impl Decoder {
     /// Decodes complete lines at the start of `buf` into `batch`, stopping when no complete line is left or the batch
     /// is full. Returns the number of bytes consumed; the caller keeps the rest and presents it again, followed by
     /// more bytes. A rest longer than `max_line_bytes` (no LF yet) is consumed, counted once as `line_len`, and the
-    /// decoder skips up to the next LF.
+    /// decoder skips up to the next LF, consuming all of every buffer until then ([`Decoder::is_discarding`]).
     ///
     /// Uses the fast scan; the result is exactly that of [`Decoder::decode_plain`].
     pub fn decode(
@@ -225,11 +228,28 @@ impl Decoder {
         pos
     }
 
-    /// Accounts for the bytes left when the connection reached EOF (`partial_eof` if any, or if a long line was being
-    /// skipped).
+    /// Accounts for the bytes `decode` left when the connection ended (EOF, a read error, the end of the shutdown
+    /// grace): `partial_eof` if they hold part of a line. An over-long line still being skipped was counted as
+    /// `line_len` when its head was dropped, and is not counted again: every line is counted once.
     pub fn finish(&mut self, rest: &[u8], counts: &mut LineCounts) {
-        if !rest.is_empty() || self.discarding {
-            counts.add_invalid(Invalid::PartialEof);
+        self.finish_with(rest, Invalid::PartialEof, counts);
+    }
+
+    /// Accounts for the bytes `decode` left when the connection is closed because its partial line is older than
+    /// `listen.partial_line_timeout`: `partial_timeout` if they hold part of a line, and nothing for an over-long line
+    /// being skipped, which was counted as `line_len` already.
+    pub fn finish_timed_out(&mut self, rest: &[u8], counts: &mut LineCounts) {
+        self.finish_with(rest, Invalid::PartialTimeout, counts);
+    }
+
+    fn finish_with(&mut self, rest: &[u8], reason: Invalid, counts: &mut LineCounts) {
+        // `decode` consumes the whole buffer while skipping, up to the LF that ends the skipped line.
+        debug_assert!(
+            rest.is_empty() || !self.discarding,
+            "bytes left while skipping a line"
+        );
+        if !rest.is_empty() {
+            counts.add_invalid(reason);
         }
         self.discarding = false;
     }
@@ -239,244 +259,4 @@ impl Decoder {
 mod differential;
 
 #[cfg(test)]
-mod tests {
-    use proptest::prelude::*;
-
-    use super::*;
-    use crate::config::PathPolicy;
-    use crate::line::{check, Valid};
-
-    const NOW_SECS: i64 = 1_700_000_000;
-
-    fn rules() -> Rules {
-        Rules {
-            max_line_bytes: 64,
-            max_path_bytes: 40,
-            path_policy: PathPolicy::Sanitize,
-            now_secs: NOW_SECS,
-        }
-    }
-
-    /// What a connection saw: every batch's bytes concatenated, how many batches, and the counts.
-    #[derive(Debug, PartialEq)]
-    struct Decoded {
-        output: Vec<u8>,
-        n_batches: usize,
-        counts: LineCounts,
-    }
-
-    /// Feeds `chunks` to one decoder as a connection does: the unconsumed rest is kept and presented again with the
-    /// next chunk, a full batch is taken before decoding on, and at EOF the last batch is taken and `finish` called.
-    fn decode_chunks(chunks: &[&[u8]], max_lines: usize, max_bytes: usize) -> Decoded {
-        let mut decoder = Decoder::new(rules());
-        let mut batch = BatchBuilder::new(max_lines, max_bytes);
-        let mut counts = LineCounts::default();
-        let mut pending = Vec::new();
-        let mut output = Vec::new();
-        let mut n_batches = 0;
-        let mut take = |batch: &mut BatchBuilder| {
-            if let Some(taken) = batch.take() {
-                output.extend_from_slice(taken.bytes());
-                n_batches += 1;
-            }
-        };
-        for chunk in chunks {
-            pending.extend_from_slice(chunk);
-            loop {
-                let consumed = decoder.decode(&pending, &mut batch, &mut counts);
-                pending.drain(..consumed);
-                if !batch.is_full() {
-                    break;
-                }
-                take(&mut batch);
-            }
-        }
-        take(&mut batch);
-        decoder.finish(&pending, &mut counts);
-        Decoded {
-            output,
-            n_batches,
-            counts,
-        }
-    }
-
-    fn decode(input: &[u8]) -> Decoded {
-        decode_chunks(&[input], 4096, 1 << 20)
-    }
-
-    fn invalid(decoded: &Decoded, reason: Invalid) -> u64 {
-        decoded.counts.invalid[reason as usize]
-    }
-
-    #[test]
-    fn a_line_split_across_two_reads_is_decoded_once_whole() {
-        let decoded = decode_chunks(
-            &[b"a.b 1 17000", b"00000\nc.d 2 1700000000\n"],
-            4096,
-            1 << 20,
-        );
-        assert_eq!(decoded.output, b"a.b 1 1700000000\nc.d 2 1700000000\n");
-        assert_eq!(decoded.counts.valid, 2);
-        assert_eq!(decoded.counts.n_invalid(), 0);
-    }
-
-    #[test]
-    fn decoding_stops_on_a_line_boundary_when_the_batch_is_full_and_resumes() {
-        let input = b"a 1 1700000000\nb 2 1700000000\nc 3 1700000000\nd 4 1700000000\n";
-        let mut decoder = Decoder::new(rules());
-        let mut batch = BatchBuilder::new(4096, 20);
-        let mut counts = LineCounts::default();
-
-        let consumed = decoder.decode(input, &mut batch, &mut counts);
-        assert_eq!(consumed, 30);
-        assert!(batch.is_full());
-        assert_eq!(&batch.take().expect("two lines").bytes()[..], &input[..30]);
-
-        let consumed_after = decoder.decode(&input[consumed..], &mut batch, &mut counts);
-        assert_eq!(consumed_after, 30);
-        assert_eq!(&batch.take().expect("two lines").bytes()[..], &input[30..]);
-        assert_eq!(counts.valid, 4);
-    }
-
-    #[test]
-    fn a_rewritten_line_fills_the_batch_exactly_like_a_copied_one() {
-        let decoded = decode_chunks(
-            &[b"a\t1 1700000000\nb 2 1700000000\nc\t3 1700000000\n"],
-            2,
-            1 << 20,
-        );
-        assert_eq!(
-            decoded.output,
-            b"a 1 1700000000\nb 2 1700000000\nc 3 1700000000\n"
-        );
-        assert_eq!(decoded.n_batches, 2);
-    }
-
-    #[test]
-    fn a_batch_holds_exactly_its_line_limit() {
-        let input = "a 1 1700000000\n".repeat(200);
-        let decoded = decode_chunks(&[input.as_bytes()], 3, 1 << 20);
-        assert_eq!(decoded.output, input.as_bytes());
-        assert_eq!(decoded.n_batches, 200usize.div_ceil(3));
-    }
-
-    #[test]
-    fn a_long_line_without_lf_over_several_reads_is_counted_once_and_the_next_line_is_intact() {
-        let head = [b'x'; 40];
-        let tail = b"xxx\na.b 1 1700000000\n";
-        let decoded = decode_chunks(&[&head, &head, &head, tail], 4096, 1 << 20);
-        assert_eq!(decoded.output, b"a.b 1 1700000000\n");
-        assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
-        assert_eq!(decoded.counts.n_invalid(), 1);
-        assert_eq!(decoded.counts.valid, 1);
-    }
-
-    #[test]
-    fn a_valid_line_before_an_over_long_partial_line_in_one_read_arrives_alone() {
-        // Regression: the run of valid lines once swallowed the head of the over-long line that followed it.
-        let mut input = b"a.b 1 1700000000\n".to_vec();
-        input.extend_from_slice(&[b'x'; 200]);
-        let decoded = decode_chunks(
-            &[&input, b"x 1 1700000000\nc.d 2 1700000000\n"],
-            4096,
-            1 << 20,
-        );
-        assert_eq!(decoded.output, b"a.b 1 1700000000\nc.d 2 1700000000\n");
-        assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
-    }
-
-    #[test]
-    fn a_complete_line_longer_than_the_limit_is_refused_between_intact_lines() {
-        let input = format!("a 1 1700000000\n{}\nb 2 1700000000\n", "x".repeat(65));
-        let decoded = decode(input.as_bytes());
-        assert_eq!(decoded.output, b"a 1 1700000000\nb 2 1700000000\n");
-        assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
-        let exactly_max = format!("a {} 1700000000\n", "1".repeat(64 - 13));
-        assert_eq!(
-            decode(exactly_max.as_bytes()).output,
-            exactly_max.as_bytes()
-        );
-    }
-
-    #[test]
-    fn a_partial_line_at_eof_is_counted() {
-        let decoded = decode(b"a.b 1 1700000000\nc.d 2");
-        assert_eq!(decoded.output, b"a.b 1 1700000000\n");
-        assert_eq!(invalid(&decoded, Invalid::PartialEof), 1);
-        assert_eq!(
-            invalid(&decode(b"a.b 1 1700000000\n  "), Invalid::PartialEof),
-            1
-        );
-        assert_eq!(decode(b"a.b 1 1700000000\n").counts.n_invalid(), 0);
-        assert_eq!(decode(b"").counts.n_invalid(), 0);
-    }
-
-    #[test]
-    fn eof_while_skipping_a_long_line_is_counted_once_as_partial() {
-        let decoded = decode(&[b'x'; 100]);
-        assert_eq!(invalid(&decoded, Invalid::LineLen), 1);
-        assert_eq!(invalid(&decoded, Invalid::PartialEof), 1);
-        assert!(decoded.output.is_empty());
-    }
-
-    #[test]
-    fn a_crlf_stream_is_forwarded_with_lf_only() {
-        let decoded = decode(b"a 1 1700000000\r\nb 2 1700000000\r\n");
-        assert_eq!(decoded.output, b"a 1 1700000000\nb 2 1700000000\n");
-        assert_eq!(decoded.counts.valid, 2);
-    }
-
-    #[test]
-    fn valid_lines_around_invalid_and_rewritten_ones_arrive_intact_and_in_order() {
-        let input = b"a 1 1700000000\n\
-                      bad line\n\
-                      b\t2 1700000000\n\
-                      c 3 1700000000\n\
-                      d 4 1700000000\n\
-                      e nan 1700000000\n\
-                      \n\
-                      f..g 5 1700000000\n\
-                      h 6 1700000000000\n\
-                      i 7 0\n";
-        let decoded = decode(input);
-        assert_eq!(
-            String::from_utf8_lossy(&decoded.output),
-            "a 1 1700000000\nb 2 1700000000\nc 3 1700000000\nd 4 1700000000\nf.g 5 1700000000\nh 6 1700000000000\n"
-        );
-        assert_eq!(decoded.counts.valid, 6);
-        assert_eq!(invalid(&decoded, Invalid::Fields), 1);
-        assert_eq!(invalid(&decoded, Invalid::Nan), 1);
-        assert_eq!(invalid(&decoded, Invalid::Empty), 1);
-        assert_eq!(invalid(&decoded, Invalid::Ts), 1);
-        assert_eq!(decoded.counts.notes[Note::Sanitized as usize], 1);
-        assert_eq!(decoded.counts.notes[Note::TsFar as usize], 1);
-    }
-
-    use crate::line::Note;
-
-    use super::differential::pieces as stream;
-
-    proptest! {
-        #[test]
-        fn decoding_any_bytes_forwards_only_normal_lines_and_counts_them(input in stream()) {
-            let decoded = decode_chunks(&[&input], 7, 100);
-            let n_lines = memchr::memchr_iter(b'\n', &decoded.output).count();
-            prop_assert_eq!(n_lines as u64, decoded.counts.valid);
-            prop_assert!(decoded.output.is_empty() || decoded.output.ends_with(b"\n"));
-            let mut out = bytes::BytesMut::new();
-            for line in decoded.output.split(|&byte| byte == b'\n').filter(|line| !line.is_empty()) {
-                let rechecked = check(line, &rules(), &mut out);
-                prop_assert!(matches!(rechecked, Ok(Valid::AsIs(_))), "{:?} -> {:?}", line.escape_ascii().to_string(), rechecked);
-            }
-        }
-
-        #[test]
-        fn splitting_the_input_anywhere_changes_nothing(input in stream(), split in any::<prop::sample::Index>()) {
-            let at = split.index(input.len() + 1);
-            let whole = decode_chunks(&[&input], 7, 100);
-            let split = decode_chunks(&[&input[..at], &input[at..]], 7, 100);
-            prop_assert_eq!(whole.output, split.output);
-            prop_assert_eq!(whole.counts, split.counts);
-        }
-    }
-}
+mod tests;
