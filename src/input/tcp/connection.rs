@@ -250,7 +250,9 @@ impl<'a, R: AsyncRead + Unpin> Connection<'a, R> {
             }
             () = timeout => {
                 if self.clocks.partial_since.is_some() {
-                    self.counts.add_invalid(Invalid::PartialTimeout);
+                    // A line being skipped for its length was counted as `line_len` already: only a real partial
+                    // line counts as `partial_timeout`.
+                    self.decoder.finish_timed_out(&self.buf, &mut self.counts);
                     return Waited::Closed(Closed::PartialTimeout);
                 }
                 let stats = &self.context.registry.relay;
@@ -331,7 +333,8 @@ impl<'a, R: AsyncRead + Unpin> Connection<'a, R> {
     /// Counts a trailing partial line (at EOF, on a read error, or cut off by shutdown), publishes the counts and
     /// hands on the last batch.
     async fn finish(&mut self, closed: Closed) {
-        let partial_line_left = !self.buf.is_empty() || self.decoder.is_discarding();
+        // A line being skipped for its length was counted already; `finish` counts nothing more for it.
+        let partial_line_left = !self.buf.is_empty();
         match closed {
             Closed::Eof | Closed::ReadError => self.decoder.finish(&self.buf, &mut self.counts),
             Closed::Shutdown if partial_line_left => {
@@ -659,6 +662,28 @@ mod tests {
         assert_eq!(queued_lines(&queue), 1);
         let partial_timeouts = &registry.relay.lines_invalid[Invalid::PartialTimeout as usize];
         assert_eq!(partial_timeouts.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_over_long_line_cut_by_the_partial_line_timeout_is_counted_once_as_line_len() {
+        // Regression: the timeout counted `partial_timeout` for a line already counted as `line_len`.
+        let (context, queue) = context(ListenConfig::default());
+        let registry = Arc::clone(&context.registry);
+        let max_line_bytes = context.rules.max_line_bytes;
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let connection = spawn(server, context);
+        client.write_all(b"a.b 1 1700000000\n").await.unwrap();
+        client
+            .write_all(&vec![b'x'; max_line_bytes + 1])
+            .await
+            .unwrap();
+        let (closed, _) = connection.await.unwrap();
+        assert_eq!(closed, Closed::PartialTimeout);
+        assert_eq!(queued_lines(&queue), 1);
+        let invalid =
+            |reason: Invalid| registry.relay.lines_invalid[reason as usize].load(Ordering::Relaxed);
+        assert_eq!(invalid(Invalid::LineLen), 1);
+        assert_eq!(invalid(Invalid::PartialTimeout), 0);
     }
 
     #[tokio::test(start_paused = true)]
