@@ -376,6 +376,9 @@ async fn write_in_flight<L: Link>(
                         health.mark_progress();
                     }
                     in_flight.extend(popped.drain(..));
+                    // Straight to the write, which asks the kernel about acknowledgements after it: asking here too
+                    // would double the `ioctl`s for nothing.
+                    continue;
                 }
                 Some(false) => {
                     // Drained: say goodbye cleanly so the destination sees EOF after the last line, then wait
