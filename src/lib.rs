@@ -3,8 +3,8 @@
 //! Lines arrive on many TCP connections ([`input`]), are validated and normalised without allocating per line
 //! ([`line`](mod@line)), collected into immutable batches ([`batch`]), handed by the [`router`] to one bounded queue per
 //! destination ([`destination`]), and written out by one reconnecting writer per destination. [`stats`] holds the
-//! counters every stage increments; [`http`] serves them. [`relay`] wires the stages together and owns the shutdown
-//! order. See `ARCHITECTURE.md` for the pipeline and its invariants.
+//! counters every stage increments; [`http`] serves them. [`net`] binds and accepts for both edges. [`relay`] wires
+//! the stages together and owns the shutdown order. See `ARCHITECTURE.md` for the pipeline and its invariants.
 
 pub mod batch;
 pub mod cli;
@@ -13,6 +13,7 @@ pub mod destination;
 pub mod http;
 pub mod input;
 pub mod line;
+pub mod net;
 pub mod relay;
 pub mod router;
 pub mod shutdown;

@@ -29,6 +29,7 @@ use crate::destination::{Destination, Queue};
 use crate::http;
 use crate::input::tcp::{self, ConnectionContext, ReadBufferBudget};
 use crate::line::Rules;
+use crate::net;
 use crate::router::{Router, RouterConfig};
 use crate::stats::{self, DropReason, Registry};
 
@@ -88,12 +89,12 @@ impl Relay {
         let names: Vec<String> = identities.iter().map(ToString::to_string).collect();
         let registry = Arc::new(Registry::new(&names));
 
-        let listener = tcp::bind(&config.listen.address, config.listen.port).await?;
+        let listener = net::bind(&config.listen.address, config.listen.port).await?;
         let listen_address = listener
             .local_addr()
             .context("cannot read the listener's address")?;
         let stats_listener = match crate::config::split_bind_address(&config.stats.address) {
-            Some((host, port)) => Some(tcp::bind(host, port).await?),
+            Some((host, port)) => Some(net::bind(host, port).await?),
             None => None,
         };
 

@@ -32,14 +32,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
 use crate::config::StatsConfig;
-use crate::stats::{RateLimit, Registry, Snapshot, StatsServerStats};
+use crate::net::{Accepted, Acceptor};
+use crate::stats::{Registry, Snapshot, StatsServerStats};
 
 /// How long requests in flight may still run once shutdown starts; then their connections are dropped. One second
 /// answers any request this server has (they only read counters) while keeping a stalled client from holding up
@@ -49,9 +49,6 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 /// Most bytes hyper buffers per connection, for reading the request head and for queueing the answer. A request
 /// head larger than this is answered `431` and closed. 16 KiB holds any request a browser or a scraper sends here.
 pub const MAX_BUFFER_BYTES: usize = 16 * 1024;
-
-/// Pause after an `accept` error such as `EMFILE`, so the loop does not spin while the condition lasts.
-const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The stats server's limits, from `[stats]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,30 +92,11 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let app = app(Arc::clone(&registry));
-    let limit = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
-    let accept_error_log = RateLimit::default();
-    loop {
-        let accepted = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => break,
-            accepted = listener.accept() => accepted,
-        };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                if accept_error_log.allow() {
-                    warn!(error = %err, "stats server cannot accept connections, backing off");
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
-                }
-                continue;
-            }
-        };
-        let stats = &registry.stats_server;
-        let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
+    let acceptor = Acceptor::new(listener, limits.max_connections, "stats server");
+    let stats = &registry.stats_server;
+    while let Some(accepted) = acceptor.next(&shutdown, &stats.accept_errors).await {
+        let Accepted::Admitted { stream, permit, .. } = accepted else {
             let n_rejected = stats.connections_rejected.fetch_add(1, Ordering::Relaxed) + 1;
             if stats.rejected_log.allow() {
                 warn!(
@@ -127,8 +105,6 @@ pub async fn serve(
                     "stats server at stats.max_connections, closing new connections"
                 );
             }
-            // Dropping the stream closes it at once.
-            drop(stream);
             continue;
         };
         stats.connections_accepted.fetch_add(1, Ordering::Relaxed);
@@ -143,7 +119,7 @@ pub async fn serve(
         });
     }
     // Closing the listener now makes new connects fail at once rather than wait in the backlog.
-    drop(listener);
+    drop(acceptor);
     connections.close();
     connections.wait().await;
 }

@@ -103,6 +103,9 @@ pub struct StatsServerStats {
     pub connections_timed_out: AtomicU64,
     /// Connections open now.
     pub connections_open: AtomicI64,
+    /// Errors of the stats server's `accept` (such as `EMFILE`), each followed by a pause unless it concerned only
+    /// that connection.
+    pub accept_errors: AtomicU64,
     /// Limits the log line about rejected connections to one a second.
     pub rejected_log: RateLimit,
 }

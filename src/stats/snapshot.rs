@@ -56,6 +56,8 @@ pub struct StatsServerSnapshot {
     pub connections_rejected: u64,
     /// Connections closed by `stats.header_read_timeout` or `stats.request_timeout`.
     pub connections_timed_out: u64,
+    /// Errors of the stats server's `accept` (such as `EMFILE`).
+    pub accept_errors: u64,
 }
 
 /// Copies of the line counters of [`Stats`].
@@ -145,6 +147,7 @@ impl StatsServerSnapshot {
             connections_accepted: stats.connections_accepted.load(Ordering::Relaxed),
             connections_rejected: stats.connections_rejected.load(Ordering::Relaxed),
             connections_timed_out: stats.connections_timed_out.load(Ordering::Relaxed),
+            accept_errors: stats.accept_errors.load(Ordering::Relaxed),
         }
     }
 }

@@ -106,6 +106,7 @@ async fn a_connection_beyond_max_connections_is_closed_at_once_and_counted() {
             "connections_accepted": 2,
             "connections_rejected": 1,
             "connections_timed_out": 0,
+            "accept_errors": 0,
         })
     );
     relay.shutdown().await;
