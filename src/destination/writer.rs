@@ -136,7 +136,7 @@ pub async fn run(
                 let n_failures = stats.connect_failures.fetch_add(1, Ordering::Relaxed) + 1;
                 let delay = backoff.next_delay();
                 // The first failure and then every tenth: a destination down for hours must not flood the log.
-                if n_failures == 1 || was_connected || n_failures % 10 == 0 {
+                if n_failures == 1 || was_connected || n_failures.is_multiple_of(10) {
                     warn!(destination = %settings.name, error = %err, retry_in = ?delay, failures = n_failures, "cannot connect to destination");
                 }
                 was_connected = false;
