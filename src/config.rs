@@ -160,10 +160,15 @@ pub struct DestinationConfig {
     /// `TCP_USER_TIMEOUT` of destination sockets: the kernel fails a connection whose written bytes, or keepalive
     /// probes, stay unacknowledged this long, so a destination host that died or a path that black-holes is noticed
     /// in seconds instead of the kernel's 15 minutes, and its unacknowledged lines are sent again after a reconnect.
-    /// Default `5s`, the same as `write_timeout`: a live destination's kernel acknowledges within a round trip even
-    /// when its process does not read. `0s` leaves the kernel's default.
-    #[serde(with = "humantime_serde")]
-    pub tcp_user_timeout: Duration,
+    /// Default: unset, which means `write_timeout` (so raising one for a slow network raises both): a live
+    /// destination's kernel acknowledges within a round trip even when its process does not read. `0s` leaves the
+    /// kernel's default. Use [`DestinationConfig::tcp_user_timeout`] for the value in force.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub tcp_user_timeout: Option<Duration>,
     /// TCP keepalive on destination sockets: the first probe after this long without traffic, so a destination that
     /// vanished while the relay had nothing to send is noticed (with `tcp_user_timeout`) before the next line is
     /// lost into it. Default `10s`; must be more than `0s`.
@@ -289,6 +294,13 @@ impl Default for LineConfig {
     }
 }
 
+impl DestinationConfig {
+    /// The `TCP_USER_TIMEOUT` in force: `tcp_user_timeout` if set, `write_timeout` otherwise (`0s`: the kernel's).
+    pub fn tcp_user_timeout(&self) -> Duration {
+        self.tcp_user_timeout.unwrap_or(self.write_timeout)
+    }
+}
+
 impl Default for DestinationConfig {
     fn default() -> Self {
         DestinationConfig {
@@ -297,7 +309,7 @@ impl Default for DestinationConfig {
             overflow: OverflowPolicy::DropNewest,
             connect_timeout: Duration::from_secs(3),
             write_timeout: Duration::from_secs(5),
-            tcp_user_timeout: Duration::from_secs(5),
+            tcp_user_timeout: None,
             tcp_keepalive_idle: Duration::from_secs(10),
             tcp_keepalive_interval: Duration::from_secs(5),
             retry_interval: Duration::from_secs(30),
@@ -414,7 +426,7 @@ impl Config {
             ("destination.write_timeout", self.destination.write_timeout),
             (
                 "destination.tcp_user_timeout",
-                self.destination.tcp_user_timeout,
+                self.destination.tcp_user_timeout(),
             ),
             (
                 "destination.retry_interval",
@@ -501,10 +513,10 @@ impl Config {
                 return invalid(key, "must be at most 32767s (the kernel's limit)");
             }
         }
-        if self.destination.tcp_user_timeout > MAX_TCP_USER_TIMEOUT {
+        if self.destination.tcp_user_timeout() > MAX_TCP_USER_TIMEOUT {
             return invalid(
                 "destination.tcp_user_timeout",
-                "must be at most 24 days (the kernel's limit)",
+                "must be at most 24 days (the kernel's limit); unset, it is destination.write_timeout",
             );
         }
         if !self.stats.address.is_empty() && split_bind_address(&self.stats.address).is_none() {
@@ -628,6 +640,22 @@ mod tests {
     fn unknown_keys_are_errors_naming_the_key() {
         let message = Config::parse("[listen]\nprot = 2003\n").unwrap_err();
         assert!(message.contains("prot"), "{message}");
+    }
+
+    #[test]
+    fn tcp_user_timeout_follows_write_timeout_unless_set() {
+        let config = Config::parse("[destination]\nwrite_timeout = \"30s\"\n").unwrap();
+        assert_eq!(
+            config.destination.tcp_user_timeout(),
+            Duration::from_secs(30)
+        );
+        let config =
+            Config::parse("[destination]\nwrite_timeout = \"30s\"\ntcp_user_timeout = \"0s\"\n")
+                .unwrap();
+        assert_eq!(config.destination.tcp_user_timeout(), Duration::ZERO);
+        let too_long = Config::parse("[destination]\nwrite_timeout = \"30d\"\n").unwrap();
+        let err = too_long.validate().unwrap_err().to_string();
+        assert!(err.contains("destination.tcp_user_timeout"), "{err}");
     }
 
     #[test]

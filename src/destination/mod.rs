@@ -67,7 +67,7 @@ impl Destination {
                 address: identity.connect_address(),
                 resolver: Arc::new(SystemResolver),
                 connect_timeout: config.connect_timeout,
-                tcp_user_timeout: config.tcp_user_timeout,
+                tcp_user_timeout: config.tcp_user_timeout(),
                 tcp_keepalive_idle: config.tcp_keepalive_idle,
                 tcp_keepalive_interval: config.tcp_keepalive_interval,
             },

@@ -151,7 +151,7 @@ fn lines_whose_acknowledgements_were_lost_are_resent_and_every_duplicate_is_coun
 /// The relay's config: one destination, a short `TCP_USER_TIMEOUT`, and a `write_timeout` far beyond the test.
 fn config(sink: &Sink) -> polymur::Config {
     let mut config = support::config(&[sink.address()]);
-    config.destination.tcp_user_timeout = TCP_USER_TIMEOUT;
+    config.destination.tcp_user_timeout = Some(TCP_USER_TIMEOUT);
     config.destination.write_timeout = Duration::from_secs(600);
     config.destination.connect_timeout = Duration::from_millis(300);
     config
