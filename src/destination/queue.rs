@@ -175,7 +175,7 @@ impl Queue {
                 let Some(oldest) = state.priority.pop_front() else {
                     break;
                 };
-                state.priority_bytes -= oldest.len();
+                state.priority_bytes -= oldest.memory_bytes();
                 state.n_lines -= oldest.n_lines() as usize;
                 state.n_bytes -= oldest.memory_bytes();
                 dropped_lines += u64::from(oldest.n_lines());
@@ -420,6 +420,22 @@ mod tests {
             vec![batch("a 1 1\n"), batch("b 1 1\n")]
         );
         assert_eq!(queue.stats().queued_lines.load(Ordering::Relaxed), 2);
+    }
+
+    #[tokio::test]
+    async fn the_priority_lane_evicts_by_the_memory_it_counted_so_its_bound_does_not_drift() {
+        // Regression: eviction took off a batch's length after adding its memory charge, so the lane's count grew by
+        // the bookkeeping of every evicted batch until it dropped everything pushed into it.
+        let queue = queue(100, 1024, OverflowPolicy::DropNewest);
+        let line = format!("carbon.relays.x.{} 1 1\n", "m".repeat(1000));
+        let per_batch = charged(line.len());
+        let fitting = PRIORITY_MAX_BYTES / per_batch;
+        for _ in 0..10 * fitting {
+            queue.push_priority(batch(&line));
+        }
+        let popped = pop_all(&queue).await;
+        assert_eq!(popped.len(), fitting);
+        assert_eq!(dropped(&queue), (9 * fitting) as u64);
     }
 
     #[tokio::test]
