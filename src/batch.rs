@@ -32,12 +32,12 @@ pub struct Batch {
 impl Batch {
     /// Wraps bytes that hold exactly `n_lines` LF-terminated lines.
     ///
+    /// The batch is charged its length plus [`BATCH_OVERHEAD_BYTES`]: right for bytes that own an allocation of
+    /// their length (`Bytes::copy_from_slice`, a `Vec`), or a slice of a larger buffer that other batches share.
+    ///
     /// # Panics
     ///
     /// In debug builds, if the bytes do not end in `\n` or `n_lines` is 0.
-    ///
-    /// The batch is charged its length plus [`BATCH_OVERHEAD_BYTES`]: right for bytes that own an allocation of
-    /// their length (`Bytes::copy_from_slice`, a `Vec`), or a slice of a larger buffer that other batches share.
     pub fn new(bytes: Bytes, n_lines: u32) -> Batch {
         let memory_bytes = bytes.len() + BATCH_OVERHEAD_BYTES;
         Batch::with_memory(bytes, n_lines, memory_bytes)
@@ -66,7 +66,7 @@ impl Batch {
         self.n_lines
     }
 
-    /// Size in bytes, the unit queues are bounded in.
+    /// Size of its lines in bytes (what is written; queues count [`Batch::memory_bytes`]).
     pub fn len(&self) -> usize {
         self.bytes.len()
     }

@@ -102,7 +102,7 @@ impl Relay {
         let stop = CancellationToken::new();
         let room = Arc::new(Notify::new());
         let mut queues = Vec::new();
-        let mut healths = Vec::new();
+        let mut handles = Vec::new();
         let mut writers = Vec::new();
         for (identity, stats) in identities.iter().zip(&registry.destinations) {
             let destination = Destination::spawn(
@@ -112,16 +112,15 @@ impl Relay {
                 Arc::clone(&room),
                 stop.clone(),
             );
-            queues.push(destination.queue);
-            healths.push(destination.health);
+            queues.push(Arc::clone(&destination.handle.queue));
+            handles.push(destination.handle);
             writers.push(destination.writer);
         }
         if queues.is_empty() {
             warn!("no destinations configured: every valid line is counted as dropped (no_destination)");
         }
         let router = Arc::new(Router::new(RouterConfig {
-            queues: queues.clone(),
-            healths,
+            destinations: handles,
             room,
             registry: Arc::clone(&registry),
             console_out: config.log.console_out,

@@ -9,8 +9,9 @@
 //!
 //! Options on every destination socket: no Nagle (batches are whole), `TCP_USER_TIMEOUT` (written bytes or keepalive
 //! probes that stay unacknowledged that long fail the connection, instead of the kernel's 15 minutes of
-//! retransmissions) and TCP keepalive (a destination that vanishes while the relay has nothing to send is noticed
-//! before the next write).
+//! retransmissions), TCP keepalive (a destination that vanishes while the relay has nothing to send is noticed
+//! before the next write) and `TCP_NOTSENT_LOWAT` (the kernel holds at most one write's worth unsent, so lines wait
+//! in the queue, where pacing sees them).
 //!
 //! Invariant: no step of a connect waits longer than `connect_timeout`, whatever the network or the DNS does.
 

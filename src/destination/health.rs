@@ -94,9 +94,8 @@ impl Health {
         self.caught_up();
     }
 
-    /// Wakes the senders waiting for this destination if its lag fell to the watermark since last looked at. The
-    /// writer calls it after anything that lowers the lag.
-    pub fn caught_up(&self) {
+    /// Wakes the senders waiting for this destination if its lag fell to the watermark since last looked at.
+    fn caught_up(&self) {
         let behind = self.lag_bytes() > self.lag_watermark_bytes;
         if self.was_behind.swap(behind, Ordering::Relaxed) && !behind {
             self.room.notify_waiters();

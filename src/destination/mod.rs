@@ -28,13 +28,20 @@ pub use identity::Identity;
 pub use queue::{Pushed, Queue, QueueLimits};
 pub use writer::WriterSettings;
 
-/// A destination with its queue and the writer task draining it.
-#[derive(Debug)]
-pub struct Destination {
+/// What the router holds of a destination: the queue it pushes into and the health it paces senders by.
+#[derive(Debug, Clone)]
+pub struct Handle {
     /// The queue the router pushes into.
     pub queue: Arc<Queue>,
     /// The destination's health, reported by its writer, read by the router's pacing.
     pub health: Arc<Health>,
+}
+
+/// A destination: what the router holds of it, and the writer task draining its queue.
+#[derive(Debug)]
+pub struct Destination {
+    /// Its queue and health.
+    pub handle: Handle,
     /// The writer task; it ends when the queue is closed and drained, or when `stop` is cancelled.
     pub writer: JoinHandle<()>,
 }
@@ -81,8 +88,7 @@ impl Destination {
             stop,
         ));
         Destination {
-            queue,
-            health,
+            handle: Handle { queue, health },
             writer,
         }
     }

@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Batch;
-use crate::destination::{Health, Pushed, Queue};
+use crate::destination::{Handle, Pushed, Queue};
 use crate::stats::{DropReason, Registry};
 use console_out::ConsoleOut;
 use pacing::Pacer;
@@ -32,10 +32,8 @@ use pacing::Pacer;
 /// What a [`Router`] is built from.
 #[derive(Debug)]
 pub struct RouterConfig {
-    /// Every destination's queue, in config order.
-    pub queues: Vec<Arc<Queue>>,
-    /// Every destination's health, in the same order.
-    pub healths: Vec<Arc<Health>>,
+    /// Every destination's queue and health, in config order.
+    pub destinations: Vec<Handle>,
     /// The notifier the destinations were built with: woken when one catches up or, under `block`, frees room.
     pub room: Arc<Notify>,
     /// Counters.
@@ -67,15 +65,21 @@ impl Router {
     /// on stdout.
     pub fn new(config: RouterConfig) -> Router {
         let RouterConfig {
-            queues,
-            healths,
+            destinations,
             room,
             registry,
             console_out,
             draining,
             stop,
         } = config;
-        debug_assert_eq!(queues.len(), healths.len());
+        let queues = destinations
+            .iter()
+            .map(|destination| Arc::clone(&destination.queue))
+            .collect();
+        let healths = destinations
+            .into_iter()
+            .map(|destination| destination.health)
+            .collect();
         let console_out = console_out.then(|| {
             ConsoleOut::spawn(
                 std::io::stdout(),

@@ -537,7 +537,7 @@ mod tests {
     use super::*;
     use crate::config::{DestinationConfig, LineConfig, OverflowPolicy};
     use crate::destination::health::lag_watermark_bytes;
-    use crate::destination::{Health, Queue, QueueLimits};
+    use crate::destination::{Handle, Health, Queue, QueueLimits};
     use crate::router::RouterConfig;
 
     const LINE: &[u8] = b"a.b 1 1700000000\n";
@@ -563,8 +563,10 @@ mod tests {
             Arc::clone(&room),
         ));
         let router = Router::new(RouterConfig {
-            queues: vec![Arc::clone(&queue)],
-            healths: vec![health],
+            destinations: vec![Handle {
+                queue: Arc::clone(&queue),
+                health,
+            }],
             room,
             registry: Arc::clone(&registry),
             console_out: false,
