@@ -368,13 +368,27 @@ impl Config {
         toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
     }
 
-    /// The destinations' identities, in config order. Call after [`Config::validate`]; an entry that does not parse
-    /// is left out.
-    pub fn destination_identities(&self) -> Vec<Identity> {
-        self.destinations
-            .iter()
-            .filter_map(|destination| Identity::parse(destination).ok())
-            .collect()
+    /// The destinations' identities, in config order.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for `destinations` when an entry does not parse or one identity is listed twice.
+    pub fn destination_identities(&self) -> Result<Vec<Identity>, Error> {
+        let invalid = |message: String| Error::Invalid {
+            key: "destinations",
+            message,
+        };
+        let mut identities: Vec<Identity> = Vec::with_capacity(self.destinations.len());
+        for destination in &self.destinations {
+            let identity = Identity::parse(destination).map_err(invalid)?;
+            if identities.contains(&identity) {
+                return Err(invalid(format!(
+                    "{identity} is listed twice: one identity is one destination"
+                )));
+            }
+            identities.push(identity);
+        }
+        Ok(identities)
     }
 
     /// Checks every value's range and the relations between values.
@@ -389,19 +403,7 @@ impl Config {
                 message: message.into(),
             })
         }
-        let mut identities = std::collections::HashSet::new();
-        for destination in &self.destinations {
-            let identity = match Identity::parse(destination) {
-                Ok(identity) => identity,
-                Err(message) => return invalid("destinations", message),
-            };
-            if !identities.insert(identity.to_string()) {
-                return invalid(
-                    "destinations",
-                    format!("{identity} is listed twice: one identity is one destination"),
-                );
-            }
-        }
+        self.destination_identities()?;
         if self.listen.address.is_empty() {
             return invalid("listen.address", "must not be empty");
         }
@@ -680,6 +682,7 @@ mod tests {
         distinct.validate().unwrap();
         let names: Vec<String> = distinct
             .destination_identities()
+            .unwrap()
             .iter()
             .map(ToString::to_string)
             .collect();

@@ -85,7 +85,7 @@ impl Relay {
     /// An invalid config, or a listener that cannot bind (the message names the address).
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
         config.validate()?;
-        let identities = config.destination_identities();
+        let identities = config.destination_identities()?;
         let names: Vec<String> = identities.iter().map(ToString::to_string).collect();
         let registry = Arc::new(Registry::new(&names));
 
