@@ -1,7 +1,8 @@
 //! Runs the real `polymur` binary and checks its exit codes and messages for `-t`, usage errors and `--help`.
 
-use std::io::Write as _;
 use std::process::{Command, Output};
+
+use crate::support::process::config_file;
 
 /// Runs `polymur` with `args` and returns what it did.
 fn polymur(args: &[&str]) -> Output {
@@ -10,12 +11,6 @@ fn polymur(args: &[&str]) -> Output {
         .env_remove("RUST_LOG")
         .output()
         .expect("run the polymur binary")
-}
-
-fn config_file(text: &str) -> tempfile::NamedTempFile {
-    let mut file = tempfile::NamedTempFile::new().expect("create temp file");
-    file.write_all(text.as_bytes()).expect("write temp file");
-    file
 }
 
 /// Checks the exit code and that stdout and stderr contain the given texts.

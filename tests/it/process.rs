@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::stats_server::get_stats;
-use crate::support::process::RelayProcess;
+use crate::support::process::{config_file, RelayProcess};
 use crate::support::{distinct_lines, eventually, send, sorted, Sink, PATIENCE};
 
 #[tokio::test]
@@ -43,10 +43,8 @@ async fn stalled_stats_clients_never_hold_up_sigterm() {
     // Stats timeouts longer than the test, so the stalled clients are still open at SIGTERM and only the shutdown
     // can end them; a shutdown_timeout the exit must not wait for.
     let shutdown_timeout = Duration::from_secs(60);
-    let mut config = tempfile::NamedTempFile::new().expect("temp file");
-    config
-        .write_all(b"[stats]\nheader_read_timeout = \"60s\"\nrequest_timeout = \"120s\"\n")
-        .expect("write config");
+    let config =
+        config_file("[stats]\nheader_read_timeout = \"60s\"\nrequest_timeout = \"120s\"\n");
     let config_path = config.path().to_str().expect("utf-8 path").to_string();
     let mut relay = RelayProcess::start(&[
         "-c",
@@ -249,10 +247,7 @@ async fn console_out_to_a_stdout_nobody_reads_neither_holds_up_relaying_nor_shut
 #[tokio::test]
 async fn the_seed_log_lines_keep_their_wording() {
     let sink = Sink::start().await;
-    let mut config = tempfile::NamedTempFile::new().expect("temp file");
-    config
-        .write_all(b"[stats]\nlog_interval = \"1s\"\n")
-        .expect("write config");
+    let config = config_file("[stats]\nlog_interval = \"1s\"\n");
     let destination = sink.address().to_string();
     let config_path = config.path().to_str().expect("utf-8 path").to_string();
     let mut relay = RelayProcess::start(&[

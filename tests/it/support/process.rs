@@ -10,6 +10,13 @@ use parking_lot::Mutex;
 
 use super::PATIENCE;
 
+/// A config file for the binary's `-c`, holding `text`; it is deleted when dropped.
+pub fn config_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::NamedTempFile::new().expect("create temp file");
+    file.write_all(text.as_bytes()).expect("write temp file");
+    file
+}
+
 /// A running `polymur` binary.
 pub struct RelayProcess {
     child: Child,
