@@ -182,6 +182,120 @@ pub struct DestinationConfig {
     /// Default `30s` (the seed's retry interval).
     #[serde(with = "humantime_serde")]
     pub retry_interval: Duration,
+    /// Directory of the disk spool (flag `-spool-dir`): one subdirectory per destination, named by
+    /// the escaped identity (`spool::directory_name`), so a restart or reload finds it again. Default: unset, no
+    /// spool (lines that do not fit the memory queue are dropped per `overflow`). With a spool, a destination never
+    /// paces senders and `overflow` no longer applies: it spills to disk instead, and `spool_overflow` applies when
+    /// the spool is full. Each destination's directory holds a lock file, so a second relay on the same directory
+    /// refuses to start. A directory that cannot be created or written is a startup error (exit 78).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spool_dir: Option<PathBuf>,
+    /// When batches go through the spool (flag `-spool-mode`): `overflow` (default) spills to disk when the
+    /// destination is disconnected or its memory queue is full, and keeps new batches behind what is on disk until
+    /// the spool has drained, so order is kept; `always` writes every batch to the spool before it is sent
+    /// (write-ahead), so a `kill -9` loses nothing that was handed to the destination.
+    pub spool_mode: SpoolMode,
+    /// Bytes of disk one destination's spool may use (flag `-spool-max-bytes`), segment headers included. Default
+    /// `1GiB`; at least 1 MiB. The spool never exceeds it by more than one segment header and one record.
+    #[serde(with = "byte_size")]
+    pub spool_max_bytes: u64,
+    /// Bytes of disk all destinations' spools together may use; each spool's share is this divided by the number of
+    /// destinations, when that is smaller than `spool_max_bytes`. Default `0`: no total bound.
+    #[serde(with = "byte_size")]
+    pub spool_total_max_bytes: u64,
+    /// What a full spool does with a new batch: `drop_oldest` (default: delete the oldest segment, counting its
+    /// unsent lines as `spool_full`), `drop_newest` (refuse the new batch, counted `spool_full`) or `block` (make
+    /// senders wait, giving up isolation between destinations, as `overflow = "block"` does).
+    pub spool_overflow: SpoolOverflow,
+    /// How often spooled data is flushed to stable storage with `fdatasync`: a duration (default `1s`), `batch`
+    /// (before every batch counts as spooled; slowest, loses nothing to a power cut) or `never` (leave it to the
+    /// kernel). A `kill -9` loses nothing spooled whatever this is (the page cache survives the process); this only
+    /// bounds what a power loss can take.
+    pub spool_sync: SpoolSync,
+}
+
+/// When batches go through a destination's spool.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolMode {
+    /// Memory first; spill to disk when the destination is disconnected or its memory queue is full.
+    #[default]
+    Overflow,
+    /// Write-ahead: every batch is spooled before it is sent.
+    Always,
+}
+
+/// What a full spool does with a new batch.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum SpoolOverflow {
+    /// Delete the oldest segment to make room; its unsent lines are counted as `spool_full`.
+    #[default]
+    DropOldest,
+    /// Refuse the new batch; its lines are counted as `spool_full`.
+    DropNewest,
+    /// Make senders wait until the spool has room.
+    Block,
+}
+
+/// When spooled data is flushed to stable storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpoolSync {
+    /// `fdatasync` at most this long after a write (and on every segment roll and at shutdown).
+    Interval(Duration),
+    /// `fdatasync` before a batch counts as spooled.
+    Batch,
+    /// Never `fdatasync` data (only the checkpoint at shutdown); the kernel writes back when it likes.
+    Never,
+}
+
+impl Default for SpoolSync {
+    fn default() -> Self {
+        SpoolSync::Interval(Duration::from_secs(1))
+    }
+}
+
+impl std::str::FromStr for SpoolSync {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "batch" => Ok(SpoolSync::Batch),
+            "never" => Ok(SpoolSync::Never),
+            _ => humantime::parse_duration(text)
+                .map(SpoolSync::Interval)
+                .map_err(|err| {
+                    format!(
+                        "invalid spool_sync {text:?}: {err} (a duration, \"batch\" or \"never\")"
+                    )
+                }),
+        }
+    }
+}
+
+impl std::fmt::Display for SpoolSync {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpoolSync::Interval(interval) => {
+                write!(formatter, "{}", humantime::format_duration(*interval))
+            }
+            SpoolSync::Batch => formatter.write_str("batch"),
+            SpoolSync::Never => formatter.write_str("never"),
+        }
+    }
+}
+
+impl Serialize for SpoolSync {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for SpoolSync {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// What a destination queue does when it is full.
@@ -313,6 +427,12 @@ impl Default for DestinationConfig {
             tcp_keepalive_idle: Duration::from_secs(10),
             tcp_keepalive_interval: Duration::from_secs(5),
             retry_interval: Duration::from_secs(30),
+            spool_dir: None,
+            spool_mode: SpoolMode::Overflow,
+            spool_max_bytes: 1024 * 1024 * 1024,
+            spool_total_max_bytes: 0,
+            spool_overflow: SpoolOverflow::DropOldest,
+            spool_sync: SpoolSync::default(),
         }
     }
 }
@@ -460,6 +580,33 @@ impl Config {
                 "must exceed line.max_line_bytes and be at most 16 MiB",
             );
         }
+        if self.destination.spool_max_bytes < MIN_SPOOL_MAX_BYTES {
+            return invalid("destination.spool_max_bytes", "must be at least 1MiB");
+        }
+        if self.destination.spool_total_max_bytes != 0
+            && self.destination.spool_total_max_bytes < MIN_SPOOL_MAX_BYTES
+        {
+            return invalid(
+                "destination.spool_total_max_bytes",
+                "must be 0 (no total bound) or at least 1MiB",
+            );
+        }
+        if let SpoolSync::Interval(interval) = self.destination.spool_sync {
+            if interval.is_zero() || interval > MAX_DURATION {
+                return invalid(
+                    "destination.spool_sync",
+                    "must be more than 0s and at most a year, \"batch\" or \"never\"",
+                );
+            }
+        }
+        if self
+            .destination
+            .spool_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            return invalid("destination.spool_dir", "must not be empty");
+        }
         if self.listen.batch_lines == 0 {
             return invalid("listen.batch_lines", "must be at least 1");
         }
@@ -553,6 +700,9 @@ impl Config {
 
 /// Longest duration any setting takes: far beyond any sensible value, and safe to add to an `Instant`.
 const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
+/// The smallest `spool_max_bytes`: a spool needs room for several segments of at least 64 KiB.
+const MIN_SPOOL_MAX_BYTES: u64 = 1024 * 1024;
 
 /// Longest keepalive idle time and probe interval Linux accepts (`MAX_TCP_KEEPIDLE`, `MAX_TCP_KEEPINTVL`).
 const MAX_TCP_KEEPALIVE: Duration = Duration::from_secs(32_767);
