@@ -27,6 +27,16 @@
 //! `disconnects` = `connections_accepted - connections_open`. Ours alone, with no carbon-c-relay counterpart:
 //! per destination `resent` = `resent_lines`, the lines queued again after a connection failed before the
 //! destination acknowledged them, and `acceptErrors` = `accept_errors` (errors of the accept loop, such as `EMFILE`).
+//!
+//! carbon-c-relay has no disk spool, so the spool's figures have names of ours, in its camelCase under the
+//! destination, sent only for a destination that has a spool: `destinations.<name>.spoolBytes` = `spool_bytes`
+//! (bytes of segment files on disk, a gauge), `spoolLines` = `spool_lines` (lines waiting on disk, a gauge),
+//! `spoolSegments` = `spool_segments` (a gauge), `spoolReplayed` = `spool_replayed_lines` (lines read back into
+//! memory), `spoolDropped` = the `spool_full` and `spool_corrupt` reasons of `dropped_lines` (already part of
+//! `dropped`), `spoolWriteErrors` = `spool_write_errors`, `spoolDegraded` = `spool_degraded` as 0 or 1, and
+//! `spoolDrainEta_s` = `spool_drain_eta_secs` (seconds, with carbon-c-relay's unit suffix as in `wallTime_us`), left
+//! out while the estimate is unknown so a graph shows a gap rather than a made-up value. When any destination has
+//! a spool, `metricsSpooled` sums `spoolLines` as `metricsQueued` sums `queued`.
 //! Not sent, for want of a counterpart: `stalls` and
 //! `metricStalls` (we never stall a client to wait for a queue), the `wallTime_us`/`sleepTime_us` timings, the
 //! per-`dispatcherN` copies, and the `destinations.internal` entry of carbon-c-relay's own submission queue.
@@ -39,14 +49,15 @@ use bytes::Bytes;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
-use super::{Registry, Snapshot};
+use super::{DropReason, Registry, Snapshot};
 use crate::batch::Batch;
 use crate::line::unix_now_secs;
 
 /// The self-metrics of one instant, as LF-terminated `path value timestamp` lines under `prefix`.
 ///
 /// `prefix` is already expanded ([`expand_prefix`]) and has no trailing dot. Values are totals since start, as
-/// carbon-c-relay sends them by default; gauges (`queued`, `metricsQueued`) are the value now.
+/// carbon-c-relay sends them by default; gauges (`queued`, `metricsQueued`, the spool's `spoolBytes`,
+/// `spoolLines`, `spoolSegments`, `spoolDegraded`, `spoolDrainEta_s` and `metricsSpooled`) are the value now.
 pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> Batch {
     let mut lines = Lines {
         prefix,
@@ -61,6 +72,7 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
     let mut n_sent_total = 0;
     let mut n_queued_total = 0;
     let mut n_dropped_total = 0;
+    let mut n_spooled_total: Option<u64> = None;
     for destination in &snapshot.destinations {
         let name = destination_name(&destination.address);
         let n_queued = u64::try_from(destination.queued_lines).unwrap_or(0);
@@ -72,6 +84,39 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
             &format!("destinations.{name}.resent"),
             destination.resent_lines,
         );
+        if let Some(spool) = &destination.spool {
+            let n_spool_dropped = destination.dropped[DropReason::SpoolFull as usize]
+                + destination.dropped[DropReason::SpoolCorrupt as usize];
+            lines.push(&format!("destinations.{name}.spoolBytes"), spool.bytes);
+            lines.push(&format!("destinations.{name}.spoolLines"), spool.lines);
+            lines.push(
+                &format!("destinations.{name}.spoolSegments"),
+                spool.segments,
+            );
+            lines.push(
+                &format!("destinations.{name}.spoolReplayed"),
+                spool.replayed_lines,
+            );
+            lines.push(
+                &format!("destinations.{name}.spoolDropped"),
+                n_spool_dropped,
+            );
+            lines.push(
+                &format!("destinations.{name}.spoolWriteErrors"),
+                spool.write_errors,
+            );
+            lines.push(
+                &format!("destinations.{name}.spoolDegraded"),
+                u64::from(spool.degraded),
+            );
+            if let Some(drain_eta_secs) = spool.drain_eta_secs {
+                lines.push(
+                    &format!("destinations.{name}.spoolDrainEta_s"),
+                    drain_eta_secs,
+                );
+            }
+            n_spooled_total = Some(n_spooled_total.unwrap_or(0) + spool.lines);
+        }
         n_sent_total += destination.sent_lines;
         n_queued_total += n_queued;
         n_dropped_total += n_dropped;
@@ -79,6 +124,9 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
     lines.push("metricsSent", n_sent_total);
     lines.push("metricsQueued", n_queued_total);
     lines.push("metricsDropped", n_dropped_total);
+    if let Some(n_spooled_total) = n_spooled_total {
+        lines.push("metricsSpooled", n_spooled_total);
+    }
 
     let n_connections_open = u64::try_from(snapshot.connections.open).unwrap_or(0);
     lines.push("connections", snapshot.connections.accepted);
@@ -170,7 +218,6 @@ mod tests {
 
     use super::*;
     use crate::line::Invalid;
-    use crate::stats::DropReason;
 
     fn check(snapshot: &Snapshot, expected: &str) {
         let batch = metrics_batch("carbon.relays.relay1", snapshot, 1431357190);
@@ -253,6 +300,75 @@ mod tests {
              carbon.relays.relay1.disconnects 0 1431357190\n\
              carbon.relays.relay1.acceptErrors 0 1431357190\n",
         );
+    }
+
+    #[test]
+    fn a_destination_with_a_spool_sends_its_spool_figures_and_one_without_does_not() {
+        let registry = Registry::new(&["a:2003".to_string(), "b:2003".to_string()]);
+        registry.relay.lines_received.store(100, Ordering::Relaxed);
+        let spooled = &registry.destinations[0];
+        spooled.spool_enabled.store(true, Ordering::Relaxed);
+        spooled.sent_lines.store(40, Ordering::Relaxed);
+        spooled.queued_lines.store(10, Ordering::Relaxed);
+        spooled.add_dropped(DropReason::QueueFull, 1);
+        spooled.add_dropped(DropReason::SpoolFull, 2);
+        spooled.add_dropped(DropReason::SpoolCorrupt, 3);
+        spooled.spool_bytes.store(65536, Ordering::Relaxed);
+        spooled.spool_lines.store(44, Ordering::Relaxed);
+        spooled.spool_segments.store(2, Ordering::Relaxed);
+        spooled.spool_replayed_lines.store(500, Ordering::Relaxed);
+        spooled.spool_drain_eta_secs.store(12, Ordering::Relaxed);
+        spooled.spool_degraded.store(true, Ordering::Relaxed);
+        spooled.spool_write_errors.store(7, Ordering::Relaxed);
+        registry.destinations[1]
+            .sent_lines
+            .store(100, Ordering::Relaxed);
+
+        check(
+            &registry.snapshot(),
+            "carbon.relays.relay1.metricsReceived 100 1431357190\n\
+             carbon.relays.relay1.metricsBlackholed 0 1431357190\n\
+             carbon.relays.relay1.metricsDiscarded 0 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.sent 40 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.queued 10 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.dropped 6 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.resent 0 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.spoolBytes 65536 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.spoolLines 44 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.spoolSegments 2 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.spoolReplayed 500 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.spoolDropped 5 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.spoolWriteErrors 7 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.spoolDegraded 1 1431357190\n\
+             carbon.relays.relay1.destinations.a:2003.spoolDrainEta_s 12 1431357190\n\
+             carbon.relays.relay1.destinations.b:2003.sent 100 1431357190\n\
+             carbon.relays.relay1.destinations.b:2003.queued 0 1431357190\n\
+             carbon.relays.relay1.destinations.b:2003.dropped 0 1431357190\n\
+             carbon.relays.relay1.destinations.b:2003.resent 0 1431357190\n\
+             carbon.relays.relay1.metricsSent 140 1431357190\n\
+             carbon.relays.relay1.metricsQueued 10 1431357190\n\
+             carbon.relays.relay1.metricsDropped 6 1431357190\n\
+             carbon.relays.relay1.metricsSpooled 44 1431357190\n\
+             carbon.relays.relay1.connections 0 1431357190\n\
+             carbon.relays.relay1.disconnects 0 1431357190\n\
+             carbon.relays.relay1.acceptErrors 0 1431357190\n",
+        );
+    }
+
+    #[test]
+    fn an_unknown_drain_time_is_left_out_rather_than_sent_as_minus_one() {
+        let registry = Registry::new(&["a:2003".to_string()]);
+        registry.destinations[0]
+            .spool_enabled
+            .store(true, Ordering::Relaxed);
+        let batch = metrics_batch("p", &registry.snapshot(), 1);
+        let text = std::str::from_utf8(batch.bytes()).unwrap();
+        assert!(
+            text.contains("p.destinations.a:2003.spoolLines 0 1\n"),
+            "{text}"
+        );
+        assert!(!text.contains("spoolDrainEta_s"), "{text}");
+        assert!(!text.contains(" -1 "), "{text}");
     }
 
     #[test]

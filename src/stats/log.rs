@@ -1,11 +1,13 @@
 //! The periodic log line of the seed, `Last 5s: Received N datapoints | Avg: X/sec. | Inbound queue length: N`, and
-//! the lines that follow it: one per destination with lines queued, and one per kind of loss in the interval.
+//! the lines that follow it: one per destination with lines queued, one per destination whose disk spool holds or
+//! replayed lines (or is degraded), and one per kind of loss in the interval.
 //!
 //! An edge task next to the listeners: [`run_log_ticker`] watches the shutdown token, takes a [`Snapshot`] every
 //! `stats.log_interval`, and logs what [`interval_report`] makes of the previous and current snapshot. The report is a
-//! pure function so its wording is tested without time or a subscriber. Levels follow `DECISIONS.md`: the summary and
-//! queue lengths are INFO; lost lines are ERROR, and since they are logged at most once per interval and reason, the
-//! ticker is their rate limit.
+//! pure function so its wording is tested without time or a subscriber. Levels follow `DECISIONS.md`: the summary,
+//! queue lengths and spool figures are INFO (WARN for a degraded spool, which the relay works around by keeping
+//! lines in memory or dropping them, counted); lost lines are ERROR, and since they are logged at most once per
+//! interval and reason, the ticker is their rate limit.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,7 +15,7 @@ use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, Level};
+use tracing::{error, info, warn, Level};
 
 use super::{DropReason, Registry, Snapshot};
 
@@ -37,6 +39,21 @@ pub enum ReportLine {
         address: String,
         /// Lines in its queue now.
         queued_lines: i64,
+    },
+    /// A destination's disk spool holds lines, replayed lines during the interval, or is degraded.
+    DestinationSpool {
+        /// The destination as configured.
+        address: String,
+        /// Bytes of its segment files on disk now.
+        spool_bytes: u64,
+        /// Lines waiting on disk now.
+        spool_lines: u64,
+        /// Segment files now.
+        spool_segments: u64,
+        /// Lines read back from disk into memory during the interval.
+        replayed_lines: u64,
+        /// The spool's last write or sync failed.
+        degraded: bool,
     },
     /// A destination dropped lines during the interval.
     DestinationDropped {
@@ -94,8 +111,8 @@ pub async fn run_log_ticker(
 }
 
 /// What to log for the interval between two snapshots of the same registry: the summary line first, then per
-/// destination (config order) its queue length if any lines are queued and its losses by reason, then losses for
-/// want of a destination.
+/// destination (config order) its queue length if any lines are queued, its spool if it has one that holds lines,
+/// replayed some or is degraded, and its losses by reason, then losses for want of a destination.
 pub fn interval_report(
     previous: &Snapshot,
     current: &Snapshot,
@@ -118,10 +135,25 @@ pub fn interval_report(
                 queued_lines: destination.queued_lines,
             });
         }
-        let previous_dropped = previous
-            .destinations
-            .get(index)
-            .map_or([0; DropReason::ALL.len()], |previous| previous.dropped);
+        let previous_destination = previous.destinations.get(index);
+        if let Some(spool) = &destination.spool {
+            let previous_replayed_lines = previous_destination
+                .and_then(|previous| previous.spool.as_ref())
+                .map_or(0, |previous| previous.replayed_lines);
+            let replayed_lines = spool.replayed_lines.saturating_sub(previous_replayed_lines);
+            if spool.lines > 0 || replayed_lines > 0 || spool.degraded {
+                report.push(ReportLine::DestinationSpool {
+                    address: destination.address.clone(),
+                    spool_bytes: spool.bytes,
+                    spool_lines: spool.lines,
+                    spool_segments: spool.segments,
+                    replayed_lines,
+                    degraded: spool.degraded,
+                });
+            }
+        }
+        let previous_dropped =
+            previous_destination.map_or([0; DropReason::ALL.len()], |previous| previous.dropped);
         for reason in DropReason::ALL {
             let n_dropped = destination.dropped[reason as usize]
                 .saturating_sub(previous_dropped[reason as usize]);
@@ -151,6 +183,13 @@ impl ReportLine {
     pub fn level(&self) -> Level {
         match self {
             ReportLine::Received { .. } | ReportLine::DestinationQueue { .. } => Level::INFO,
+            ReportLine::DestinationSpool { degraded, .. } => {
+                if *degraded {
+                    Level::WARN
+                } else {
+                    Level::INFO
+                }
+            }
             ReportLine::DestinationDropped { .. } | ReportLine::NoDestinationDropped { .. } => {
                 Level::ERROR
             }
@@ -161,6 +200,36 @@ impl ReportLine {
     pub fn emit(&self) {
         match self {
             ReportLine::Received { .. } | ReportLine::DestinationQueue { .. } => info!("{self}"),
+            ReportLine::DestinationSpool {
+                address,
+                spool_bytes,
+                spool_lines,
+                spool_segments,
+                replayed_lines,
+                degraded,
+            } => {
+                if *degraded {
+                    warn!(
+                        destination = %address,
+                        spool_bytes,
+                        spool_lines,
+                        spool_segments,
+                        replayed_lines,
+                        degraded,
+                        "destination spool"
+                    );
+                } else {
+                    info!(
+                        destination = %address,
+                        spool_bytes,
+                        spool_lines,
+                        spool_segments,
+                        replayed_lines,
+                        degraded,
+                        "destination spool"
+                    );
+                }
+            }
             ReportLine::DestinationDropped {
                 address,
                 reason,
@@ -199,6 +268,18 @@ impl fmt::Display for ReportLine {
             ReportLine::DestinationQueue { address, queued_lines } => {
                 write!(f, "Destination {address} queue length: {queued_lines}")
             }
+            ReportLine::DestinationSpool {
+                address,
+                spool_bytes,
+                spool_lines,
+                spool_segments,
+                replayed_lines,
+                degraded,
+            } => write!(
+                f,
+                "destination spool destination={address} spool_bytes={spool_bytes} spool_lines={spool_lines} \
+                 spool_segments={spool_segments} replayed_lines={replayed_lines} degraded={degraded}"
+            ),
             ReportLine::DestinationDropped {
                 address,
                 reason,
@@ -346,6 +427,112 @@ mod tests {
                 (
                     Level::ERROR,
                     "destination dropping lines destination=a:2003 dropped=1 reason=shutdown",
+                ),
+            ],
+        );
+    }
+
+    /// A snapshot of `a:2003`, with a spool holding `spool_lines` lines (100 bytes a line, 10 lines a segment) and
+    /// having replayed `replayed_lines` in all, with the given spool drops, and of `b:2003`, without a spool.
+    fn spool_snapshot(
+        spool_lines: u64,
+        replayed_lines: u64,
+        degraded: bool,
+        spool_full: u64,
+        spool_corrupt: u64,
+    ) -> Snapshot {
+        let registry = Registry::new(&["a:2003".to_string(), "b:2003".to_string()]);
+        let stats = &registry.destinations[0];
+        stats.spool_enabled.store(true, Ordering::Relaxed);
+        stats.spool_lines.store(spool_lines, Ordering::Relaxed);
+        stats
+            .spool_bytes
+            .store(spool_lines * 100, Ordering::Relaxed);
+        stats
+            .spool_segments
+            .store(spool_lines.div_ceil(10), Ordering::Relaxed);
+        stats
+            .spool_replayed_lines
+            .store(replayed_lines, Ordering::Relaxed);
+        stats.spool_degraded.store(degraded, Ordering::Relaxed);
+        stats.add_dropped(DropReason::SpoolFull, spool_full);
+        stats.add_dropped(DropReason::SpoolCorrupt, spool_corrupt);
+        registry.snapshot()
+    }
+
+    const IDLE_SUMMARY: (Level, &str) = (
+        Level::INFO,
+        "Last 5s: Received 0 datapoints | Avg: 0.00/sec. | Inbound queue length: 0",
+    );
+
+    #[test]
+    fn a_spool_holding_lines_is_listed_with_what_it_replayed_in_the_interval() {
+        check(
+            &spool_snapshot(50, 100, false, 0, 0),
+            &spool_snapshot(30, 400, false, 0, 0),
+            5,
+            &[
+                IDLE_SUMMARY,
+                (
+                    Level::INFO,
+                    "destination spool destination=a:2003 spool_bytes=3000 spool_lines=30 spool_segments=3 \
+                     replayed_lines=300 degraded=false",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn a_spool_that_just_drained_is_listed_once_and_an_idle_empty_one_is_not() {
+        let drained = spool_snapshot(0, 400, false, 0, 0);
+        check(
+            &spool_snapshot(30, 370, false, 0, 0),
+            &drained,
+            5,
+            &[
+                IDLE_SUMMARY,
+                (
+                    Level::INFO,
+                    "destination spool destination=a:2003 spool_bytes=0 spool_lines=0 spool_segments=0 \
+                     replayed_lines=30 degraded=false",
+                ),
+            ],
+        );
+        check(&drained, &drained, 5, &[IDLE_SUMMARY]);
+    }
+
+    #[test]
+    fn a_degraded_spool_is_a_warning_even_when_empty() {
+        check(
+            &spool_snapshot(0, 0, false, 0, 0),
+            &spool_snapshot(0, 0, true, 0, 0),
+            5,
+            &[
+                IDLE_SUMMARY,
+                (
+                    Level::WARN,
+                    "destination spool destination=a:2003 spool_bytes=0 spool_lines=0 spool_segments=0 \
+                     replayed_lines=0 degraded=true",
+                ),
+            ],
+        );
+    }
+
+    #[test]
+    fn spool_drops_are_errors_under_their_own_reasons() {
+        check(
+            &spool_snapshot(0, 0, false, 10, 0),
+            &spool_snapshot(0, 0, false, 15, 2),
+            5,
+            &[
+                IDLE_SUMMARY,
+                (
+                    Level::ERROR,
+                    "destination dropping lines destination=a:2003 dropped=5 reason=spool_full",
+                ),
+                (
+                    Level::ERROR,
+                    "destination dropping lines destination=a:2003 dropped=2 reason=spool_corrupt",
                 ),
             ],
         );

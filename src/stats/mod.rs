@@ -3,7 +3,9 @@
 //! Each counter is an atomic owned by the stage that increments it (listener, connection, router, destination
 //! writer); hot loops sum locally and add once per read or per write. Gauges (open connections, queued lines) go up
 //! and down. Invariants: nothing here blocks, and a counter is never reset (rates are computed by readers from two
-//! snapshots). For every destination, `received_valid = sent + dropped + queued + in flight` once the relay is idle.
+//! snapshots). For every destination, once input stops, `lines_received = sent_lines + dropped + queued_lines +
+//! spool_lines` (queued lines include those in flight; `spool_lines` is zero without a spool). The spool's gauges
+//! and counters are written by the destination's spool thread, and readers show them only while `spool_enabled`.
 //!
 //! Readers never look at the atomics one by one: they take a [`Snapshot`] ([`Registry::snapshot`]), a plain copy
 //! that `/stats` serialises, and compare two of them for rates ([`log`] for the periodic log line, [`carbon`] for
@@ -14,7 +16,8 @@ pub mod log;
 mod snapshot;
 
 pub use snapshot::{
-    ConnectionsSnapshot, DestinationSnapshot, LinesSnapshot, Snapshot, StatsServerSnapshot,
+    ConnectionsSnapshot, DestinationSnapshot, LinesSnapshot, Snapshot, SpoolSnapshot,
+    StatsServerSnapshot,
 };
 
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -139,6 +142,24 @@ pub struct DestinationStats {
     /// Lines written to a connection that failed before the destination acknowledged them, and so queued again to
     /// be sent once more. The destination may have read some of them: this bounds the duplicates it can see.
     pub resent_lines: AtomicU64,
+    /// True when the destination has a disk spool (`destination.spool_dir` is set); set once when it is spawned.
+    /// The `spool_*` counters below are shown (in `/stats`, self-metrics and the log) only while it is true.
+    pub spool_enabled: AtomicBool,
+    /// Bytes of the spool's segment files on disk now (a gauge).
+    pub spool_bytes: AtomicU64,
+    /// Lines on disk waiting to be sent and not yet read back into the memory queue (a gauge): the "spooled" term
+    /// of the accounting rule.
+    pub spool_lines: AtomicU64,
+    /// Segment files of the spool now (a gauge).
+    pub spool_segments: AtomicU64,
+    /// Lines read back from the spool into the memory queue.
+    pub spool_replayed_lines: AtomicU64,
+    /// Seconds until the spool is empty at the current replay rate (a gauge); `-1` when unknown or not draining.
+    pub spool_drain_eta_secs: AtomicI64,
+    /// True while the spool is degraded: its last write or sync failed (disk full or failing).
+    pub spool_degraded: AtomicBool,
+    /// Spool writes and syncs that failed.
+    pub spool_write_errors: AtomicU64,
 }
 
 /// Why a destination dropped lines.
@@ -148,17 +169,30 @@ pub enum DropReason {
     QueueFull,
     /// The relay shut down before the destination took the lines.
     Shutdown,
+    /// The spool had no room for the lines: it was at `spool_max_bytes` (or its share of `spool_total_max_bytes`),
+    /// or its disk was full. `spool_overflow = "drop_newest"` drops the new batch, `drop_oldest` the unsent lines of
+    /// the oldest segment.
+    SpoolFull,
+    /// Spooled lines that could not be read back: a damaged record or segment found on replay or recovery.
+    SpoolCorrupt,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 2] = [DropReason::QueueFull, DropReason::Shutdown];
+    pub const ALL: [DropReason; 4] = [
+        DropReason::QueueFull,
+        DropReason::Shutdown,
+        DropReason::SpoolFull,
+        DropReason::SpoolCorrupt,
+    ];
 
     /// The name used in stats, logs and docs.
     pub fn name(self) -> &'static str {
         match self {
             DropReason::QueueFull => "queue_full",
             DropReason::Shutdown => "shutdown",
+            DropReason::SpoolFull => "spool_full",
+            DropReason::SpoolCorrupt => "spool_corrupt",
         }
     }
 }
@@ -205,6 +239,14 @@ impl DestinationStats {
             disconnects: AtomicU64::new(0),
             write_timeouts: AtomicU64::new(0),
             resent_lines: AtomicU64::new(0),
+            spool_enabled: AtomicBool::new(false),
+            spool_bytes: AtomicU64::new(0),
+            spool_lines: AtomicU64::new(0),
+            spool_segments: AtomicU64::new(0),
+            spool_replayed_lines: AtomicU64::new(0),
+            spool_drain_eta_secs: AtomicI64::new(-1),
+            spool_degraded: AtomicBool::new(false),
+            spool_write_errors: AtomicU64::new(0),
         })
     }
 

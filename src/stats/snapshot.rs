@@ -5,7 +5,10 @@
 //! by the word the counter starts with (`connections_accepted` is `connections.accepted`), and the per-reason
 //! arrays become objects keyed by [`Invalid::name`], [`Note::name`] and [`DropReason::name`], in counter order.
 //! The stats server's own counters sit under `stats_server`, with their names in code (`connections_rejected`).
-//! Every counter is present, zero or not, so a dashboard never has to guess whether a key is missing or zero.
+//! Every counter is present, zero or not, so a dashboard never has to guess whether a key is missing or zero. The
+//! one exception is a destination's `spool`, an object ([`SpoolSnapshot`]) for a destination with a disk spool and
+//! `null` for one without, so that `null` says "no spool" rather than "an empty one"; within it,
+//! `drain_eta_secs` is `null` while the time is unknown (the spool is not draining).
 
 use std::sync::atomic::Ordering;
 
@@ -109,6 +112,28 @@ pub struct DestinationSnapshot {
     pub write_timeouts: u64,
     /// Lines written to a failed connection before the destination acknowledged them, and queued again.
     pub resent_lines: u64,
+    /// The destination's disk spool, or `None` (JSON `null`) when it has none (`spool_enabled` is false).
+    pub spool: Option<SpoolSnapshot>,
+}
+
+/// Copies of the `spool_*` counters of one destination that has a disk spool.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SpoolSnapshot {
+    /// `spool_bytes`: bytes of the spool's segment files on disk now (a gauge).
+    pub bytes: u64,
+    /// `spool_lines`: lines on disk waiting to be sent, not yet read back into memory (a gauge).
+    pub lines: u64,
+    /// `spool_segments`: segment files now (a gauge).
+    pub segments: u64,
+    /// `spool_replayed_lines`: lines read back from disk into the memory queue.
+    pub replayed_lines: u64,
+    /// `spool_drain_eta_secs`: seconds until the spool is empty at the current replay rate (a gauge); `None` (JSON
+    /// `null`) while unknown or not draining.
+    pub drain_eta_secs: Option<u64>,
+    /// `spool_degraded`: the spool's last write or sync failed (disk full or failing).
+    pub degraded: bool,
+    /// `spool_write_errors`: spool writes and syncs that failed.
+    pub write_errors: u64,
 }
 
 impl Snapshot {
@@ -187,6 +212,12 @@ impl DestinationSnapshot {
         self.dropped.iter().sum()
     }
 
+    /// Lines waiting on disk (`spool.lines`), zero without a spool: the last term of `received = sent + dropped +
+    /// queued + spooled`.
+    pub fn spooled_lines(&self) -> u64 {
+        self.spool.as_ref().map_or(0, |spool| spool.lines)
+    }
+
     fn read(stats: &DestinationStats) -> DestinationSnapshot {
         DestinationSnapshot {
             address: stats.address.clone(),
@@ -204,7 +235,28 @@ impl DestinationSnapshot {
             disconnects: stats.disconnects.load(Ordering::Relaxed),
             write_timeouts: stats.write_timeouts.load(Ordering::Relaxed),
             resent_lines: stats.resent_lines.load(Ordering::Relaxed),
+            spool: SpoolSnapshot::read(stats),
         }
+    }
+}
+
+impl SpoolSnapshot {
+    /// The spool counters of a destination, or `None` if it has no spool.
+    fn read(stats: &DestinationStats) -> Option<SpoolSnapshot> {
+        if !stats.spool_enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        // A negative estimate is the writer's "unknown".
+        let drain_eta_secs = u64::try_from(stats.spool_drain_eta_secs.load(Ordering::Relaxed)).ok();
+        Some(SpoolSnapshot {
+            bytes: stats.spool_bytes.load(Ordering::Relaxed),
+            lines: stats.spool_lines.load(Ordering::Relaxed),
+            segments: stats.spool_segments.load(Ordering::Relaxed),
+            replayed_lines: stats.spool_replayed_lines.load(Ordering::Relaxed),
+            drain_eta_secs,
+            degraded: stats.spool_degraded.load(Ordering::Relaxed),
+            write_errors: stats.spool_write_errors.load(Ordering::Relaxed),
+        })
     }
 }
 
@@ -289,5 +341,78 @@ mod tests {
             text.contains(r#""noted":{"inf":0,"ts_far":3,"sanitized":0}"#),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_destination_without_a_spool_shows_spool_null_and_every_drop_reason() {
+        let registry = Registry::new(&["a:2003".to_string()]);
+        // Figures a spool thread never wrote for this destination are not shown.
+        registry.destinations[0]
+            .spool_lines
+            .store(5, Ordering::Relaxed);
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.destinations[0].spool, None);
+        assert_eq!(snapshot.destinations[0].spooled_lines(), 0);
+        let text = serde_json::to_string(&snapshot).unwrap();
+        assert!(
+            text.contains(
+                r#""dropped":{"queue_full":0,"shutdown":0,"spool_full":0,"spool_corrupt":0}"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#""resent_lines":0,"spool":null}"#), "{text}");
+    }
+
+    #[test]
+    fn a_destination_with_a_spool_shows_its_figures_and_spool_drops() {
+        let registry = Registry::new(&["a:2003".to_string(), "b:2003".to_string()]);
+        let stats = &registry.destinations[0];
+        stats.spool_enabled.store(true, Ordering::Relaxed);
+        stats.spool_bytes.store(1 << 20, Ordering::Relaxed);
+        stats.spool_lines.store(2000, Ordering::Relaxed);
+        stats.spool_segments.store(3, Ordering::Relaxed);
+        stats.spool_replayed_lines.store(500, Ordering::Relaxed);
+        stats.spool_drain_eta_secs.store(42, Ordering::Relaxed);
+        stats.spool_write_errors.store(1, Ordering::Relaxed);
+        stats.spool_degraded.store(true, Ordering::Relaxed);
+        stats.add_dropped(DropReason::SpoolFull, 7);
+        stats.add_dropped(DropReason::SpoolCorrupt, 8);
+
+        let snapshot = registry.snapshot();
+        assert_eq!(snapshot.destinations[0].spooled_lines(), 2000);
+        assert_eq!(snapshot.destinations[0].dropped_total(), 15);
+        let json = serde_json::to_value(&snapshot).unwrap();
+        assert_eq!(
+            json["destinations"][0]["spool"],
+            serde_json::json!({
+                "bytes": 1048576,
+                "lines": 2000,
+                "segments": 3,
+                "replayed_lines": 500,
+                "drain_eta_secs": 42,
+                "degraded": true,
+                "write_errors": 1,
+            })
+        );
+        assert_eq!(json["destinations"][0]["dropped"]["spool_full"], 7);
+        assert_eq!(json["destinations"][0]["dropped"]["spool_corrupt"], 8);
+        assert_eq!(json["destinations"][1]["spool"], serde_json::Value::Null);
+        let text = serde_json::to_string(&snapshot).unwrap();
+        let expected_spool = r#""spool":{"bytes":1048576,"lines":2000,"segments":3,"replayed_lines":500,"drain_eta_secs":42,"degraded":true,"write_errors":1}"#;
+        assert!(text.contains(expected_spool), "{text}");
+    }
+
+    #[test]
+    fn an_unknown_drain_time_is_null() {
+        let registry = Registry::new(&["a:2003".to_string()]);
+        registry.destinations[0]
+            .spool_enabled
+            .store(true, Ordering::Relaxed);
+        let json = serde_json::to_value(registry.snapshot()).unwrap();
+        assert_eq!(
+            json["destinations"][0]["spool"]["drain_eta_secs"],
+            serde_json::Value::Null
+        );
+        assert_eq!(json["destinations"][0]["spool"]["lines"], 0);
     }
 }
