@@ -5,7 +5,11 @@
 //! with hyper's HTTP/1 server until the shutdown token is cancelled.
 //!
 //! - `GET /stats`: the JSON of a [`Snapshot`], every counter under the name it has in code.
-//! - `GET /health`: `200 ok` while the process runs.
+//! - `GET /health`: `200` while the process runs, with the body `ok`, or `degraded` followed by one line per
+//!   destination whose disk spool is degraded (its last write or sync failed: disk full or failing),
+//!   `spool degraded: <identity>`. A degraded spool does not make the relay unhealthy: lines still flow to a
+//!   connected destination through memory, and what cannot be kept is counted as dropped. So the status stays
+//!   `200` (a load balancer keeps the relay), and the body tells a human or a check that reads it.
 //!
 //! No client can stall the server or the relay's shutdown. Each connection carries one request (keep-alive is
 //! off, so every answer ends with `connection: close`): its request head must arrive within
@@ -195,8 +199,32 @@ async fn stats(State(registry): State<Arc<Registry>>) -> Json<Snapshot> {
     Json(registry.snapshot())
 }
 
-async fn health() -> &'static str {
-    "ok"
+async fn health(State(registry): State<Arc<Registry>>) -> String {
+    health_text(&registry.snapshot())
+}
+
+/// The body of `/health`: `ok`, or `degraded` and a line per destination whose spool is degraded.
+fn health_text(snapshot: &Snapshot) -> String {
+    let degraded_spools: Vec<&str> = snapshot
+        .destinations
+        .iter()
+        .filter(|destination| {
+            destination
+                .spool
+                .as_ref()
+                .is_some_and(|spool| spool.degraded)
+        })
+        .map(|destination| destination.address.as_str())
+        .collect();
+    if degraded_spools.is_empty() {
+        return "ok".to_string();
+    }
+    let mut text = "degraded".to_string();
+    for address in degraded_spools {
+        text.push_str("\nspool degraded: ");
+        text.push_str(address);
+    }
+    text
 }
 
 #[cfg(test)]
@@ -231,6 +259,50 @@ mod tests {
         );
     }
 
+    /// A registry of destinations `a:2003`, `b:2003` and `c:2003`, each with `(spool_enabled, spool_degraded)`.
+    fn registry_with_spools(spools: [(bool, bool); 3]) -> Arc<Registry> {
+        let registry = Registry::new(&[
+            "a:2003".to_string(),
+            "b:2003".to_string(),
+            "c:2003=x".to_string(),
+        ]);
+        for (stats, (enabled, degraded)) in registry.destinations.iter().zip(spools) {
+            stats.spool_enabled.store(enabled, Ordering::Relaxed);
+            stats.spool_degraded.store(degraded, Ordering::Relaxed);
+        }
+        Arc::new(registry)
+    }
+
+    #[tokio::test]
+    async fn health_is_ok_while_every_spool_works() {
+        let registry = registry_with_spools([(true, false), (false, false), (true, false)]);
+        assert_eq!(
+            get(registry, "/health").await,
+            (StatusCode::OK, "ok".to_string())
+        );
+    }
+
+    #[tokio::test]
+    async fn health_names_each_destination_whose_spool_is_degraded_and_stays_200() {
+        let registry = registry_with_spools([(true, true), (true, false), (true, true)]);
+        assert_eq!(
+            get(registry, "/health").await,
+            (
+                StatusCode::OK,
+                "degraded\nspool degraded: a:2003\nspool degraded: c:2003=x".to_string()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn health_ignores_the_degraded_flag_of_a_destination_without_a_spool() {
+        let registry = registry_with_spools([(false, true), (false, false), (false, false)]);
+        assert_eq!(
+            get(registry, "/health").await,
+            (StatusCode::OK, "ok".to_string())
+        );
+    }
+
     #[tokio::test]
     async fn stats_shows_counters_and_every_destination() {
         let registry = Arc::new(Registry::new(&[
@@ -254,6 +326,8 @@ mod tests {
         assert_eq!(json["destinations"][0]["address"], "10.0.5.20:2003");
         assert_eq!(json["destinations"][1]["address"], "10.0.5.25:2003");
         assert_eq!(json["destinations"][1]["dropped"]["queue_full"], 7);
+        assert_eq!(json["destinations"][1]["dropped"]["spool_full"], 0);
+        assert_eq!(json["destinations"][1]["spool"], serde_json::Value::Null);
         assert_eq!(json["stats_server"]["connections_rejected"], 3);
     }
 
