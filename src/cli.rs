@@ -13,11 +13,11 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::builder::{PossibleValuesParser, TypedValueParser as _};
+use clap::builder::{OsStringValueParser, PossibleValuesParser, TypedValueParser as _};
 use clap::{CommandFactory, Parser};
 use serde::de::{DeserializeOwned, IntoDeserializer};
 
-use crate::config::{self, Config, LogFormat, OverflowPolicy};
+use crate::config::{self, Config, LogFormat, OverflowPolicy, SpoolMode};
 
 /// The parsed command line. Every config flag is an `Option`: `None` leaves the file's (or the default) value.
 #[derive(Debug, Clone, PartialEq, Parser)]
@@ -81,6 +81,24 @@ pub struct Cli {
         value_parser = PossibleValuesParser::new(["drop_newest", "drop_oldest", "block"]).try_map(parse_serde_name::<OverflowPolicy>)
     )]
     pub overflow: Option<OverflowPolicy>,
+
+    /// Directory of the disk spool, one subdirectory per destination; "" for none [default: none]
+    /// [config: destination.spool_dir].
+    #[arg(long, value_name = "DIR", value_parser = OsStringValueParser::new().map(PathBuf::from))]
+    pub spool_dir: Option<PathBuf>,
+
+    /// When lines go to the spool: overflow (when memory is full or the destination down) or always
+    /// [config: destination.spool_mode].
+    #[arg(
+        long,
+        value_name = "MODE",
+        value_parser = PossibleValuesParser::new(["overflow", "always"]).try_map(parse_serde_name::<SpoolMode>)
+    )]
+    pub spool_mode: Option<SpoolMode>,
+
+    /// Bytes of disk each destination's spool may use, e.g. 2GiB [config: destination.spool_max_bytes].
+    #[arg(long, value_name = "SIZE", value_parser = parse_byte_size)]
+    pub spool_max_bytes: Option<u64>,
 
     /// host:port of the HTTP stats server; "" disables it [default: localhost:2020] [config: stats.address].
     #[arg(long, value_name = "HOST:PORT")]
@@ -175,6 +193,17 @@ impl Cli {
         }
         if let Some(overflow) = self.overflow {
             config.destination.overflow = overflow;
+        }
+        if let Some(dir) = &self.spool_dir {
+            // As `-destinations=""` and `-stats-addr=""` turn theirs off, `-spool-dir=""` turns off a spool the file
+            // sets (the file itself cannot say `""`: that is a config error).
+            config.destination.spool_dir = (!dir.as_os_str().is_empty()).then(|| dir.clone());
+        }
+        if let Some(mode) = self.spool_mode {
+            config.destination.spool_mode = mode;
+        }
+        if let Some(bytes) = self.spool_max_bytes {
+            config.destination.spool_max_bytes = bytes;
         }
         if let Some(address) = &self.stats_addr {
             config.stats.address.clone_from(address);
@@ -418,6 +447,66 @@ mod tests {
     }
 
     #[test]
+    fn spool_flags_set_their_keys() {
+        check(
+            &[
+                "-spool-dir",
+                "/var/spool/polymur",
+                "-spool-mode=always",
+                "-spool-max-bytes",
+                "2GiB",
+            ],
+            |config| {
+                config.destination.spool_dir = Some(PathBuf::from("/var/spool/polymur"));
+                config.destination.spool_mode = SpoolMode::Always;
+                config.destination.spool_max_bytes = 2 * 1024 * 1024 * 1024;
+            },
+        );
+        check(&["--spool-mode", "overflow"], |_| {});
+        check(&["-spool-max-bytes=1048576"], |config| {
+            config.destination.spool_max_bytes = 1024 * 1024;
+        });
+        check(&["-spool-dir="], |_| {});
+    }
+
+    #[test]
+    fn spool_flags_override_the_file() {
+        let file = config_file(
+            "[destination]\nspool_dir = \"/srv/spool\"\nspool_mode = \"always\"\n\
+             spool_max_bytes = \"512KiB\"\nspool_overflow = \"drop_newest\"\n",
+        );
+        let path = file.path().to_str().unwrap();
+        // The file's 512KiB alone is a config error; the flag's value replaces it before validation.
+        let err = config_of(&["-c", path]).unwrap_err();
+        assert!(err.contains("destination.spool_max_bytes"), "{err}");
+        let (config, _) = config_of(&[
+            "-c",
+            path,
+            "-spool-dir=/var/spool/polymur",
+            "-spool-mode=overflow",
+            "-spool-max-bytes=2GiB",
+        ])
+        .unwrap();
+        let destination = &config.destination;
+        assert_eq!(
+            destination.spool_dir,
+            Some(PathBuf::from("/var/spool/polymur"))
+        );
+        assert_eq!(destination.spool_mode, SpoolMode::Overflow);
+        assert_eq!(destination.spool_max_bytes, 2 * 1024 * 1024 * 1024);
+        assert_eq!(
+            destination.spool_overflow,
+            config::SpoolOverflow::DropNewest,
+            "the file's value stays"
+        );
+        let (config, _) = config_of(&["-c", path, "-spool-dir=", "-spool-max-bytes=1GiB"]).unwrap();
+        assert_eq!(
+            config.destination.spool_dir, None,
+            "an empty flag turns the spool off"
+        );
+    }
+
+    #[test]
     fn bad_values_are_usage_errors() {
         check_usage_error(&["-listen-port=http"], "listen-port");
         check_usage_error(&["-metrics-flush=-1"], "metrics-flush");
@@ -425,6 +514,8 @@ mod tests {
         check_usage_error(&["-log-format=xml"], "xml");
         check_usage_error(&["-queue-max-bytes=lots"], "queue-max-bytes");
         check_usage_error(&["-shutdown-timeout=soon"], "shutdown-timeout");
+        check_usage_error(&["-spool-mode=sometimes"], "sometimes");
+        check_usage_error(&["-spool-max-bytes=lots"], "spool-max-bytes");
     }
 
     #[test]
@@ -471,6 +562,8 @@ mod tests {
     fn config_errors_name_the_key() {
         let err = config_of(&["-destinations=10.0.5.20"]).unwrap_err();
         assert!(err.contains("destinations"), "{err}");
+        let err = config_of(&["-spool-max-bytes=512KiB"]).unwrap_err();
+        assert!(err.contains("destination.spool_max_bytes"), "{err}");
         let err = config_of(&["-log-level=[[["]).unwrap_err();
         assert!(err.contains("log.level"), "{err}");
         let err = config_of(&["-c", "/nonexistent/polymur.toml"]).unwrap_err();

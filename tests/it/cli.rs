@@ -84,11 +84,101 @@ fn a_stray_value_after_a_boolean_exits_64() {
 }
 
 #[test]
+fn check_mode_accepts_the_spool_flags() {
+    check(
+        &polymur(&[
+            "-t",
+            "-spool-dir",
+            "/x",
+            "-spool-mode",
+            "always",
+            "-spool-max-bytes",
+            "2GiB",
+        ]),
+        0,
+        "configuration ok",
+        "",
+    );
+    check(
+        &polymur(&[
+            "-t",
+            "--spool-dir=/x",
+            "-spool-mode=overflow",
+            "-spool-max-bytes=1048576",
+        ]),
+        0,
+        "configuration ok",
+        "",
+    );
+}
+
+#[test]
+fn a_bad_spool_mode_exits_64() {
+    check(
+        &polymur(&["-t", "-spool-dir=/x", "-spool-mode=sometimes"]),
+        64,
+        "",
+        "sometimes",
+    );
+}
+
+#[test]
+fn a_spool_size_that_is_not_a_size_exits_64() {
+    check(
+        &polymur(&["-t", "-spool-max-bytes=lots"]),
+        64,
+        "",
+        "spool-max-bytes",
+    );
+}
+
+#[test]
+fn a_spool_size_below_the_minimum_exits_78_naming_the_key() {
+    check(
+        &polymur(&["-t", "-spool-max-bytes=512KiB"]),
+        78,
+        "",
+        "destination.spool_max_bytes",
+    );
+}
+
+#[test]
+fn spool_flags_override_the_file() {
+    // The file alone is a config error; the flags replace its bad value before validation.
+    let file = config_file(
+        "[destination]\nspool_dir = \"/srv/spool\"\nspool_mode = \"always\"\nspool_max_bytes = \"512KiB\"\n",
+    );
+    let path = file.path().to_str().unwrap();
+    check(
+        &polymur(&["-c", path, "-t"]),
+        78,
+        "",
+        "destination.spool_max_bytes",
+    );
+    check(
+        &polymur(&[
+            "-c",
+            path,
+            "-t",
+            "-spool-dir=/x",
+            "-spool-mode=overflow",
+            "-spool-max-bytes=2GiB",
+        ]),
+        0,
+        "configuration ok",
+        "",
+    );
+}
+
+#[test]
 fn help_exits_0_and_lists_the_seed_flags() {
     let output = polymur(&["--help"]);
     check(&output, 0, "-destinations", "");
     check(&output, 0, "-listen-port", "");
     check(&output, 0, "-console-out", "");
+    check(&output, 0, "-spool-dir", "");
+    check(&output, 0, "-spool-mode", "");
+    check(&output, 0, "-spool-max-bytes", "");
     check(&polymur(&["-help"]), 0, "-destinations", "");
 }
 
