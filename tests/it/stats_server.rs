@@ -1,4 +1,5 @@
-//! The stats server on real sockets: its connection cap and its header read timeout, and a client for `/stats`.
+//! The stats server on real sockets: its connection cap, its header read timeout, the spool figures in `/stats` and
+//! `/health`, and a client for `/stats`.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -8,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::support::{config, eventually, TestRelay, PATIENCE};
+use crate::support::{config, eventually, Sink, TestRelay, PATIENCE};
 
 /// Sends `GET path` on `stream` and reads the answer to the end: the status line and the body.
 pub async fn get_on(stream: &mut TcpStream, path: &str) -> (String, String) {
@@ -166,5 +167,57 @@ async fn a_client_trickling_its_request_head_is_closed_at_the_header_read_timeou
     .await;
     let stats = get_stats(address).await;
     assert_eq!(stats["stats_server"]["connections_timed_out"], 1);
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_degraded_spool_shows_in_stats_and_health_and_a_destination_without_one_shows_null() {
+    let sinks = [Sink::start().await, Sink::start().await];
+    let mut config = config(&[sinks[0].address(), sinks[1].address()]);
+    config.stats.address = "127.0.0.1:0".to_string();
+    let relay = TestRelay::start(config).await;
+    let address = relay.handle.stats_address.expect("stats server enabled");
+    let get = |path: &'static str| async move {
+        let mut stream = TcpStream::connect(address).await.expect("connect");
+        get_on(&mut stream, path).await
+    };
+    assert_eq!(
+        get("/health").await,
+        ("HTTP/1.1 200 OK".to_string(), "ok".to_string())
+    );
+    let stats = get_stats(address).await;
+    assert_eq!(stats["destinations"][0]["spool"], serde_json::Value::Null);
+    assert_eq!(stats["destinations"][0]["dropped"]["spool_full"], 0);
+    assert_eq!(stats["destinations"][0]["dropped"]["spool_corrupt"], 0);
+
+    // What the spool thread of the first destination writes when its disk fails.
+    let spooled = relay.destination(0);
+    spooled.spool_enabled.store(true, Ordering::Relaxed);
+    spooled.spool_lines.store(10, Ordering::Relaxed);
+    spooled.spool_degraded.store(true, Ordering::Relaxed);
+    spooled.spool_write_errors.store(1, Ordering::Relaxed);
+
+    let first = sinks[0].address().to_string();
+    assert_eq!(
+        get("/health").await,
+        (
+            "HTTP/1.1 200 OK".to_string(),
+            format!("degraded\nspool degraded: {first}")
+        )
+    );
+    let stats = get_stats(address).await;
+    assert_eq!(
+        stats["destinations"][0]["spool"],
+        serde_json::json!({
+            "bytes": 0,
+            "lines": 10,
+            "segments": 0,
+            "replayed_lines": 0,
+            "drain_eta_secs": null,
+            "degraded": true,
+            "write_errors": 1,
+        })
+    );
+    assert_eq!(stats["destinations"][1]["spool"], serde_json::Value::Null);
     relay.shutdown().await;
 }
