@@ -17,6 +17,7 @@ pub mod net;
 pub mod relay;
 pub mod router;
 pub mod shutdown;
+pub mod spool;
 pub mod stats;
 
 pub use config::Config;
