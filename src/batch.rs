@@ -12,9 +12,11 @@
 //! its buffer, so a one-line connection's batch does not keep a 16 KiB allocation alive in a queue. A larger batch is
 //! split off without a copy and is charged the whole allocation it may pin.
 
+use std::num::NonZeroU64;
+
 use bytes::{Bytes, BytesMut};
 
-/// Memory a queued batch keeps alive beyond its buffer: its slot in a queue's ring buffer (40 bytes, and a
+/// Memory a queued batch keeps alive beyond its buffer: its slot in a queue's ring buffer (48 bytes, and a
 /// `VecDeque` may have twice the slots it uses), the allocator's header and rounding of the buffer, and the refcount
 /// block `bytes` allocates when a batch is first shared between queues. Measured: one-line batches of 30 bytes
 /// queued for a dead destination grow RSS by 1.0 byte per byte counted with this charge (`benches/memory/`).
@@ -27,6 +29,9 @@ pub struct Batch {
     n_lines: u32,
     /// Bytes of memory the batch keeps alive, [`BATCH_OVERHEAD_BYTES`] included.
     memory_bytes: u32,
+    /// Where its lines sit in one destination's spool: the sequence number of its first line, plus one (so that
+    /// `None` costs no space). Each queue holds its own copy of a shared batch, so the number is per destination.
+    spool_seq: Option<NonZeroU64>,
 }
 
 impl Batch {
@@ -53,7 +58,20 @@ impl Batch {
             bytes,
             n_lines,
             memory_bytes,
+            spool_seq: None,
         }
+    }
+
+    /// The same lines, marked as stored in a destination's spool with `first_seq` as their first line's sequence
+    /// number: acknowledging them lets the spool forget them.
+    pub fn with_spool_seq(mut self, first_seq: u64) -> Batch {
+        self.spool_seq = NonZeroU64::new(first_seq.wrapping_add(1));
+        self
+    }
+
+    /// The sequence number of the first line in the destination's spool, if the batch is stored there.
+    pub fn spool_seq(&self) -> Option<u64> {
+        self.spool_seq.map(|seq| seq.get() - 1)
     }
 
     /// The lines, LF-terminated.
@@ -102,11 +120,15 @@ impl Batch {
             bytes: self.bytes.slice(..n_head_bytes),
             n_lines: n_head_lines,
             memory_bytes: head_memory_bytes,
+            spool_seq: self.spool_seq,
         };
         let tail = Batch {
             bytes: self.bytes.slice(n_head_bytes..),
             n_lines: self.n_lines - n_head_lines,
             memory_bytes: self.memory_bytes - head_memory_bytes,
+            spool_seq: self
+                .spool_seq
+                .and_then(|seq| seq.checked_add(u64::from(n_head_lines))),
         };
         debug_assert_eq!(
             memchr::memchr_iter(b'\n', &tail.bytes).count(),

@@ -62,7 +62,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!(error = %format!("{err:#}"), "relay failed");
-            ExitCode::FAILURE
+            // A spool directory that cannot be used, or that another relay holds, is a configuration problem.
+            if err.chain().any(|cause| cause.is::<polymur::spool::Error>()) {
+                ExitCode::from(EXIT_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use tokio::sync::Notify;
@@ -25,13 +26,74 @@ use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::destination::{Destination, Queue};
+use crate::destination::{Destination, Identity, Queue, SpoolParts};
 use crate::http;
 use crate::input::tcp::{self, ConnectionContext, ReadBufferBudget};
 use crate::line::Rules;
 use crate::net;
 use crate::router::{Router, RouterConfig};
+use crate::spool;
 use crate::stats::{self, DropReason, Registry};
+
+/// The part of shutdown's budget kept for spooling what destinations with a spool did not deliver: a quarter of
+/// `shutdown_timeout`, at most 5 s. Writing what a memory queue holds (64 MiB by default) to the page cache takes
+/// well under a second; the rest covers the `fdatasync` of a slow disk.
+pub fn spool_shutdown_reserve(shutdown_timeout: Duration) -> Duration {
+    (shutdown_timeout / 4).min(Duration::from_secs(5))
+}
+
+/// A destination with a spool, as shutdown needs it.
+#[derive(Debug)]
+struct SpooledDestination {
+    queue: Arc<Queue>,
+    writer: JoinHandle<()>,
+    spooler: std::thread::JoinHandle<()>,
+}
+
+/// Opens the spool of every destination when `destination.spool_dir` is set (one `None` per destination when not):
+/// each in its own directory named by its identity, with its share of `spool_total_max_bytes`. What recovery found
+/// corrupt is counted.
+///
+/// # Errors
+///
+/// A spool that cannot be opened: a directory that cannot be created or written, or one locked by another relay
+/// (the error names the lock file). `main` exits with 78 for these, as for other config errors.
+fn open_spools(
+    config: &Config,
+    identities: &[Identity],
+    registry: &Registry,
+) -> anyhow::Result<Vec<Option<SpoolParts>>> {
+    let destination = &config.destination;
+    let Some(spool_dir) = &destination.spool_dir else {
+        return Ok(identities.iter().map(|_| None).collect());
+    };
+    let mut max_bytes = destination.spool_max_bytes;
+    if destination.spool_total_max_bytes > 0 && !identities.is_empty() {
+        max_bytes = max_bytes.min(destination.spool_total_max_bytes / identities.len() as u64);
+    }
+    let mut spools = Vec::new();
+    for (identity, stats) in identities.iter().zip(&registry.destinations) {
+        let settings = spool::Settings {
+            dir: spool_dir.join(spool::directory_name(&identity.to_string())),
+            max_bytes,
+            overflow: destination.spool_overflow,
+            sync: destination.spool_sync,
+        };
+        let (opened, recovered) = spool::Spool::open(settings)?;
+        if recovered.corrupt_lines > 0 {
+            stats.add_dropped(DropReason::SpoolCorrupt, recovered.corrupt_lines);
+            error!(destination = %identity, lines = recovered.corrupt_lines, "spool: corrupt records found at start, skipped");
+        }
+        if recovered.unread_lines > 0 {
+            info!(destination = %identity, lines = recovered.unread_lines, "spool: lines to replay");
+        }
+        spools.push(Some(SpoolParts {
+            spool: opened,
+            n_unread_records: recovered.unread_records,
+        }));
+    }
+    Ok(spools)
+}
 
 /// A running relay.
 #[derive(Debug)]
@@ -54,7 +116,13 @@ pub struct Relay {
     log_ticker: JoinHandle<()>,
     log_ticker_stop: CancellationToken,
     queues: Vec<Arc<Queue>>,
+    /// Writers of destinations without a spool.
     writers: Vec<JoinHandle<()>>,
+    /// Destinations with a spool: their writers stop at `stop_spooled`, then their spoolers write the rest.
+    spooled: Vec<SpooledDestination>,
+    /// Cancelled [`spool_shutdown_reserve`] before the deadline (or with `stop`): the writers of spooled
+    /// destinations hand back what they hold, for their spoolers to write.
+    stop_spooled: CancellationToken,
     /// Kept for the end of shutdown: the `-console-out` thread prints what it still holds.
     router: Arc<Router>,
 }
@@ -104,17 +172,40 @@ impl Relay {
         let mut queues = Vec::new();
         let mut handles = Vec::new();
         let mut writers = Vec::new();
-        for (identity, stats) in identities.iter().zip(&registry.destinations) {
+        // Writers of destinations with a spool stop early enough at shutdown to leave time to spool the rest.
+        let stop_spooled = stop.child_token();
+        let mut spools = open_spools(&config, &identities, &registry)?;
+        let mut spooled = Vec::new();
+        for ((identity, stats), spool) in identities
+            .iter()
+            .zip(&registry.destinations)
+            .zip(spools.drain(..))
+        {
+            let writer_stop = if spool.is_some() {
+                stop_spooled.clone()
+            } else {
+                stop.clone()
+            };
             let destination = Destination::spawn(
                 identity,
                 &config.destination,
                 Arc::clone(stats),
                 Arc::clone(&room),
-                stop.clone(),
-            );
-            queues.push(Arc::clone(&destination.handle.queue));
+                writer_stop,
+                spool,
+            )
+            .context("cannot start a spooler thread")?;
+            let queue = Arc::clone(&destination.handle.queue);
             handles.push(destination.handle);
-            writers.push(destination.writer);
+            match destination.spooler {
+                Some(spooler) => spooled.push(SpooledDestination {
+                    queue: Arc::clone(&queue),
+                    writer: destination.writer,
+                    spooler,
+                }),
+                None => writers.push(destination.writer),
+            }
+            queues.push(queue);
         }
         if queues.is_empty() {
             warn!("no destinations configured: every valid line is counted as dropped (no_destination)");
@@ -195,6 +286,8 @@ impl Relay {
             log_ticker_stop,
             queues,
             writers,
+            spooled,
+            stop_spooled,
             router,
         })
     }
@@ -228,6 +321,42 @@ impl Relay {
         }
         for queue in &self.queues {
             queue.close();
+        }
+        // Destinations with a spool deliver until the reserve, then spool what is left, while the others keep
+        // draining until the deadline.
+        let spool_deadline = deadline
+            .checked_sub(spool_shutdown_reserve(self.config.shutdown_timeout))
+            .unwrap_or(deadline);
+        let mut spooled_writers: VecDeque<JoinHandle<()>> = VecDeque::new();
+        let mut spoolers = Vec::new();
+        let mut spooled_queues = Vec::new();
+        for destination in self.spooled {
+            spooled_writers.push_back(destination.writer);
+            spoolers.push(destination.spooler);
+            spooled_queues.push(destination.queue);
+        }
+        let spooled_drained = tokio::time::timeout_at(spool_deadline, async {
+            while let Some(writer) = spooled_writers.front_mut() {
+                let _ = writer.await;
+                spooled_writers.pop_front();
+            }
+        })
+        .await
+        .is_ok();
+        if !spooled_drained {
+            self.stop_spooled.cancel();
+            for writer in spooled_writers {
+                let _ = writer.await;
+            }
+        }
+        for queue in &spooled_queues {
+            queue.finish_spool();
+        }
+        for spooler in spoolers {
+            let joined = tokio::task::spawn_blocking(move || spooler.join());
+            if tokio::time::timeout_at(deadline, joined).await.is_err() {
+                error!("shutdown: a spooler did not finish before the deadline");
+            }
         }
         let mut writers: VecDeque<JoinHandle<()>> = self.writers.into();
         let drained = tokio::time::timeout_at(deadline, async {

@@ -11,6 +11,7 @@ pub mod health;
 pub mod identity;
 pub mod in_flight;
 pub mod queue;
+pub mod spooler;
 pub mod unacked;
 pub mod writer;
 
@@ -25,7 +26,8 @@ use crate::stats::DestinationStats;
 pub use connect::{ConnectSettings, Resolve, SystemResolver};
 pub use health::Health;
 pub use identity::Identity;
-pub use queue::{Pushed, Queue, QueueLimits};
+pub use queue::{Pushed, Queue, QueueLimits, SpillPolicy};
+pub use spooler::SpoolerSettings;
 pub use writer::WriterSettings;
 
 /// What the router holds of a destination: the queue it pushes into and the health it paces senders by.
@@ -37,26 +39,51 @@ pub struct Handle {
     pub health: Arc<Health>,
 }
 
-/// A destination: what the router holds of it, and the writer task draining its queue.
+/// A destination: what the router holds of it, the writer task draining its queue, and its spooler if it has a spool.
 #[derive(Debug)]
 pub struct Destination {
     /// Its queue and health.
     pub handle: Handle,
     /// The writer task; it ends when the queue is closed and drained, or when `stop` is cancelled.
     pub writer: JoinHandle<()>,
+    /// The spooler thread; it ends after [`Queue::finish_spool`].
+    pub spooler: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A destination's opened spool and how its spooler runs, for [`Destination::spawn`].
+pub struct SpoolParts {
+    /// The spool, opened and recovered.
+    pub spool: crate::spool::Spool,
+    /// Records found on disk at open, which new batches go behind.
+    pub n_unread_records: u64,
+}
+
+impl std::fmt::Debug for SpoolParts {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("SpoolParts")
+            .field("n_unread_records", &self.n_unread_records)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Destination {
-    /// Creates the queue and health for `identity` and spawns its writer on the current runtime. `room` is the
-    /// notifier shared with the router (see [`crate::router::Router::new`]): woken when the destination catches up,
-    /// and under the `block` policy whenever its queue frees room.
+    /// Creates the queue and health for `identity` and spawns its writer on the current runtime, and its spooler
+    /// thread when it has a spool. `room` is the notifier shared with the router (see
+    /// [`crate::router::Router::new`]): woken when the destination catches up, and under the `block` policy whenever
+    /// its queue frees room.
+    ///
+    /// # Errors
+    ///
+    /// The OS refused to start the spooler thread.
     pub fn spawn(
         identity: &Identity,
         config: &DestinationConfig,
         stats: Arc<DestinationStats>,
         room: Arc<Notify>,
         stop: CancellationToken,
-    ) -> Destination {
+        spool: Option<SpoolParts>,
+    ) -> std::io::Result<Destination> {
         let limits = QueueLimits {
             max_lines: config.queue_capacity_lines,
             max_bytes: usize::try_from(config.queue_max_bytes).unwrap_or(usize::MAX),
@@ -67,7 +94,29 @@ impl Destination {
             health::lag_watermark_bytes(limits.max_bytes),
             Arc::clone(&room),
         ));
-        let queue = Arc::new(Queue::new(limits, stats, room));
+        let (queue, spooler) = match spool {
+            None => (Arc::new(Queue::new(limits, stats, room)), None),
+            Some(parts) => {
+                let policy = SpillPolicy {
+                    mode: config.spool_mode,
+                    overflow: config.spool_overflow,
+                };
+                let queue = Arc::new(Queue::with_spool(
+                    limits,
+                    stats,
+                    room,
+                    policy,
+                    parts.n_unread_records,
+                ));
+                let settings = spooler::SpoolerSettings {
+                    name: identity.to_string(),
+                    sync: config.spool_sync,
+                    overflow: config.spool_overflow,
+                };
+                let spooler = spooler::spawn(parts.spool, Arc::clone(&queue), settings)?;
+                (queue, Some(spooler))
+            }
+        };
         let settings = WriterSettings {
             name: identity.to_string(),
             connect: ConnectSettings {
@@ -87,9 +136,10 @@ impl Destination {
             settings,
             stop,
         ));
-        Destination {
+        Ok(Destination {
             handle: Handle { queue, health },
             writer,
-        }
+            spooler,
+        })
     }
 }

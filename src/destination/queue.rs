@@ -5,24 +5,42 @@
 //! reports them acknowledged, so the bounds cover batches in flight too and `queued_lines` in stats is exact. A small priority lane
 //! carries the relay's self-metrics, which must get out even when user traffic fills the queue.
 //!
-//! Invariants: the queue never holds more than its byte and line bounds (the priority lane has its own small bound;
-//! batches handed back were already admitted and may exceed the bound only by what was in flight), every batch it
-//! refuses or evicts is counted as dropped, and nothing here does I/O or blocks a thread.
+//! With a spool ([`Queue::with_spool`]), the queue is the memory part of a FIFO whose tail is on disk. A batch goes
+//! to the *spill lane* instead of memory when the mode is `always`, when the destination is disconnected, when the
+//! memory part is full, or while anything is in the lane, being written, or on disk unread: so new batches always go
+//! behind what is on disk, and order per destination is kept. The destination's spooler
+//! ([`super::spooler`]) empties the lane onto disk and reads records back into the memory part while it has room
+//! (below half its bounds), tagging each batch with its spool sequence number; acknowledged sequence numbers flow
+//! back to the spooler so the spool can forget them. The spill lane has its own bound ([`SPILL_LANE_MAX_BYTES`]):
+//! past it (the disk does not keep up, or the spool is full under `block`) `spool_overflow` applies.
+//!
+//! Invariants: the queue never holds more than its byte and line bounds (the priority lane and the spill lane have
+//! their own small bounds; batches handed back were already admitted and may exceed the bound only by what was in
+//! flight), every batch it refuses or evicts is counted as dropped, and nothing here does I/O or blocks a thread
+//! (the spooler waits on the queue's condition variable on its own thread, never a runtime worker).
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Batch;
-use crate::config::OverflowPolicy;
+use crate::config::{OverflowPolicy, SpoolMode, SpoolOverflow};
 use crate::stats::{DestinationStats, DropReason};
 
 /// Bytes the priority lane (self-metrics) may hold before its oldest batch is dropped.
 pub const PRIORITY_MAX_BYTES: usize = 1024 * 1024;
+
+/// Bytes of batches waiting to be written to the spool. The spooler writes to the page cache, far faster than any
+/// input, so the lane stays nearly empty; it fills only while the disk fails or stalls, or while a full spool makes
+/// senders wait (`spool_overflow = "block"`). It is memory on top of `queue_max_bytes`, 4 MiB per spooled
+/// destination: enough for hundreds of batches of headroom, small next to the queue.
+pub const SPILL_LANE_MAX_BYTES: usize = 4 * 1024 * 1024;
 
 /// The bounds and policy of a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +64,30 @@ pub enum Pushed {
     Dropped,
     /// The batch does not fit and the policy is `block`: wait with [`Queue::space_available`] and push again.
     Full(Batch),
+    /// The batch went to the spill lane, to be written to the spool.
+    Spilled,
     /// The queue is closed: the relay is shutting down.
     Closed,
+}
+
+/// How a queue with a spool spills, set by [`Queue::with_spool`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpillPolicy {
+    /// `overflow` or `always`.
+    pub mode: SpoolMode,
+    /// What a full spill lane does with a new batch.
+    pub overflow: SpoolOverflow,
+}
+
+/// What the spooler is to do next, from [`Queue::spooler_wait`].
+#[derive(Debug, Default)]
+pub struct SpoolWork {
+    /// Every line with a spool sequence number below this was acknowledged by the destination (0: none yet).
+    pub acked_seq_end: u64,
+    /// The memory part has room for records read back from the spool.
+    pub replay_room: bool,
+    /// Shutdown: write what memory holds to the spool, then close it.
+    pub finishing: bool,
 }
 
 /// A destination's bounded queue, shared by the router (producers) and the destination's writer (consumer).
@@ -62,6 +102,10 @@ pub struct Queue {
     closed: CancellationToken,
     /// Shared by every queue and the router: woken when a writer frees room, for `block` senders.
     room: Arc<Notify>,
+    /// Set when the destination has a spool.
+    spill_policy: Option<SpillPolicy>,
+    /// The spooler waits on it for batches to write, room to replay into, or the end.
+    spool_work: Condvar,
 }
 
 #[derive(Debug, Default)]
@@ -69,10 +113,38 @@ struct State {
     batches: VecDeque<Batch>,
     priority: VecDeque<Batch>,
     priority_bytes: usize,
-    /// Lines and bytes admitted and not yet acknowledged by the destination (queued plus in flight).
+    /// Lines and bytes admitted and not yet acknowledged by the destination or written to the spool (queued, in
+    /// flight, and in the spill lane).
     n_lines: usize,
     n_bytes: usize,
     closed: bool,
+    spill: Spill,
+}
+
+/// The spool side of the state (all zero without a spool).
+#[derive(Debug, Default)]
+struct Spill {
+    /// Batches bound for the spool, oldest first; its lines and bytes count in `State::n_lines`/`n_bytes`.
+    lane: VecDeque<Batch>,
+    lane_lines: usize,
+    lane_bytes: usize,
+    /// Batches the spooler took from the lane and is writing, and their memory; still counted in `State`.
+    n_writing: usize,
+    writing_lines: usize,
+    writing_bytes: usize,
+    /// Records on disk not yet read back into memory.
+    n_unread_records: u64,
+    /// Exclusive end of the spool sequence numbers the destination acknowledged.
+    acked_seq_end: u64,
+    /// Set at the end of shutdown, after the writer stopped.
+    finishing: bool,
+}
+
+impl Spill {
+    /// True while anything is on its way to disk or on disk unread: new batches must go behind it.
+    fn has_backlog(&self) -> bool {
+        !self.lane.is_empty() || self.n_writing > 0 || self.n_unread_records > 0
+    }
 }
 
 impl Queue {
@@ -85,7 +157,30 @@ impl Queue {
             data_ready: Notify::new(),
             closed: CancellationToken::new(),
             room,
+            spill_policy: None,
+            spool_work: Condvar::new(),
         }
+    }
+
+    /// A queue whose overflow goes to a spool, per `policy`; `n_unread_records` is what the spool already holds
+    /// (found at start), which new batches must go behind. `limits.overflow` does not apply: a batch that does not fit
+    /// spills. Its spooler must be started with [`super::spooler::spawn`].
+    pub fn with_spool(
+        limits: QueueLimits,
+        stats: Arc<DestinationStats>,
+        room: Arc<Notify>,
+        policy: SpillPolicy,
+        n_unread_records: u64,
+    ) -> Queue {
+        let mut queue = Queue::new(limits, stats, room);
+        queue.spill_policy = Some(policy);
+        queue.state.get_mut().spill.n_unread_records = n_unread_records;
+        queue
+    }
+
+    /// True when the destination has a spool: it spills instead of pacing senders or dropping for `queue_full`.
+    pub fn has_spool(&self) -> bool {
+        self.spill_policy.is_some()
     }
 
     /// The destination's counters.
@@ -103,6 +198,15 @@ impl Queue {
             drop(state);
             self.stats.add_dropped(DropReason::Shutdown, n_lines as u64);
             return Pushed::Closed;
+        }
+        if let Some(policy) = self.spill_policy {
+            let spills = policy.mode == SpoolMode::Always
+                || state.spill.has_backlog()
+                || !self.stats.connected.load(Ordering::Relaxed)
+                || !self.fits(&state, n_lines, n_bytes);
+            if spills {
+                return self.spill(state, policy, batch);
+            }
         }
         let mut pushed = Pushed::Queued;
         if !self.fits(&state, n_lines, n_bytes) {
@@ -153,6 +257,34 @@ impl Queue {
         drop(state);
         self.data_ready.notify_one();
         pushed
+    }
+
+    /// Puts a batch in the spill lane, or applies `spool_overflow` when the lane is full.
+    fn spill(
+        &self,
+        mut state: parking_lot::MutexGuard<'_, State>,
+        policy: SpillPolicy,
+        batch: Batch,
+    ) -> Pushed {
+        let n_bytes = batch.memory_bytes();
+        if !state.spill.lane.is_empty() && state.spill.lane_bytes + n_bytes > SPILL_LANE_MAX_BYTES {
+            if policy.overflow == SpoolOverflow::Block {
+                return Pushed::Full(batch);
+            }
+            drop(state);
+            self.stats
+                .add_dropped(DropReason::SpoolFull, u64::from(batch.n_lines()));
+            return Pushed::Dropped;
+        }
+        state.n_lines += batch.n_lines() as usize;
+        state.n_bytes += n_bytes;
+        state.spill.lane_lines += batch.n_lines() as usize;
+        state.spill.lane_bytes += n_bytes;
+        state.spill.lane.push_back(batch);
+        self.publish_gauges(&state);
+        drop(state);
+        self.spool_work.notify_one();
+        Pushed::Spilled
     }
 
     /// Adds a batch to the priority lane, which the writer empties first and which ignores the queue's bounds (it has
@@ -219,7 +351,7 @@ impl Queue {
                     }
                     return true;
                 }
-                if state.closed {
+                if state.closed && !state.spill.has_backlog() {
                     return false;
                 }
             }
@@ -247,11 +379,23 @@ impl Queue {
         let n_lines: usize = batches.iter().map(|batch| batch.n_lines() as usize).sum();
         let n_bytes: usize = batches.iter().map(Batch::len).sum();
         let n_memory_bytes: usize = batches.iter().map(Batch::memory_bytes).sum();
+        let acked_seq_end = batches
+            .iter()
+            .filter_map(|batch| Some(batch.spool_seq()? + u64::from(batch.n_lines())))
+            .max();
         {
             let mut state = self.state.lock();
             state.n_lines -= n_lines;
             state.n_bytes -= n_memory_bytes;
+            if let Some(acked_seq_end) = acked_seq_end {
+                state.spill.acked_seq_end = state.spill.acked_seq_end.max(acked_seq_end);
+            }
+            let wake_spooler = state.spill.n_unread_records > 0 && self.has_replay_room(&state);
             self.publish_gauges(&state);
+            drop(state);
+            if wake_spooler {
+                self.spool_work.notify_one();
+            }
         }
         self.stats
             .sent_lines
@@ -279,10 +423,11 @@ impl Queue {
         self.closed.cancelled().await;
     }
 
-    /// True once the queue is closed and every admitted line was acknowledged: the writer has nothing left to do.
+    /// True once the queue is closed and every admitted line was acknowledged (and, with a spool, nothing is left
+    /// on disk to send): the writer has nothing left to do.
     pub fn is_drained(&self) -> bool {
         let state = self.state.lock();
-        state.closed && state.n_lines == 0
+        state.closed && state.n_lines == 0 && !state.spill.has_backlog()
     }
 
     /// Empties the queue at the end of shutdown, counting what is left as dropped for [`DropReason::Shutdown`].
@@ -312,12 +457,185 @@ impl Queue {
             .store(state.n_bytes as i64, Ordering::Relaxed);
     }
 
+    /// True when the memory part (queued and in flight, not the spill lane) has room for the batch.
     fn fits(&self, state: &State, n_lines: usize, n_bytes: usize) -> bool {
+        let (memory_lines, memory_bytes) = memory_part(state);
         // An empty queue always takes one batch, so a batch larger than the bound cannot wedge it.
-        state.n_bytes == 0
-            || (state.n_lines + n_lines <= self.limits.max_lines
-                && state.n_bytes + n_bytes <= self.limits.max_bytes)
+        memory_bytes == 0
+            || (memory_lines + n_lines <= self.limits.max_lines
+                && memory_bytes + n_bytes <= self.limits.max_bytes)
     }
+
+    /// True when the memory part is below half its bounds: records read back from the spool go there, leaving the
+    /// other half for what the writer hands back.
+    fn has_replay_room(&self, state: &State) -> bool {
+        let (memory_lines, memory_bytes) = memory_part(state);
+        memory_lines < self.limits.max_lines / 2 && memory_bytes < self.limits.max_bytes / 2
+    }
+
+    // The spooler's side. Only the destination's spooler thread calls these.
+
+    /// Waits up to `timeout` for work: moves the spill lane's batches into `to_write` (they stay counted until
+    /// [`Queue::spooler_written`] or [`Queue::spooler_dropped`]) and says whether records can be read back. With
+    /// `take_lane` false (the spool refused the lane's head under `block`), the lane is neither work nor taken.
+    pub fn spooler_wait(
+        &self,
+        to_write: &mut Vec<Batch>,
+        timeout: Duration,
+        take_lane: bool,
+    ) -> SpoolWork {
+        let mut state = self.state.lock();
+        let has_work = |state: &State| {
+            (take_lane && !state.spill.lane.is_empty())
+                || state.spill.finishing
+                || (state.spill.n_unread_records > 0 && self.has_replay_room(state))
+        };
+        if !has_work(&state) {
+            self.spool_work.wait_for(&mut state, timeout);
+        }
+        if !take_lane {
+            return SpoolWork {
+                acked_seq_end: state.spill.acked_seq_end,
+                replay_room: state.spill.n_unread_records > 0 && self.has_replay_room(&state),
+                finishing: state.spill.finishing,
+            };
+        }
+        let spill = &mut state.spill;
+        spill.n_writing += spill.lane.len();
+        spill.lane_lines = 0;
+        spill.lane_bytes = 0;
+        for batch in spill.lane.drain(..) {
+            spill.writing_lines += batch.n_lines() as usize;
+            spill.writing_bytes += batch.memory_bytes();
+            to_write.push(batch);
+        }
+        SpoolWork {
+            acked_seq_end: state.spill.acked_seq_end,
+            replay_room: state.spill.n_unread_records > 0 && self.has_replay_room(&state),
+            finishing: state.spill.finishing,
+        }
+    }
+
+    /// A batch taken by [`Queue::spooler_wait`] is on disk: it leaves the memory accounting.
+    /// `n_unread_records` is the spool's count after the write (and any eviction it made).
+    pub fn spooler_written(&self, batch: &Batch, n_unread_records: u64) {
+        let mut state = self.state.lock();
+        self.leave_writing(&mut state, batch);
+        state.spill.n_unread_records = n_unread_records;
+        self.publish_gauges(&state);
+        drop(state);
+        self.wake_block_senders();
+    }
+
+    /// A batch taken by [`Queue::spooler_wait`] could not be spooled: it is dropped and counted for `reason`.
+    pub fn spooler_dropped(&self, batch: &Batch, reason: DropReason) {
+        let mut state = self.state.lock();
+        self.leave_writing(&mut state, batch);
+        self.publish_gauges(&state);
+        drop(state);
+        self.stats.add_dropped(reason, u64::from(batch.n_lines()));
+        self.wake_block_senders();
+    }
+
+    /// Batches taken by [`Queue::spooler_wait`] that the spool could not take yet (`block`, or a failing disk under
+    /// `block`) go back to the head of the spill lane, in order.
+    pub fn spooler_requeue(&self, batches: &mut Vec<Batch>) {
+        let mut state = self.state.lock();
+        for batch in batches.drain(..).rev() {
+            let spill = &mut state.spill;
+            spill.n_writing -= 1;
+            spill.writing_lines -= batch.n_lines() as usize;
+            spill.writing_bytes -= batch.memory_bytes();
+            spill.lane_lines += batch.n_lines() as usize;
+            spill.lane_bytes += batch.memory_bytes();
+            spill.lane.push_front(batch);
+        }
+    }
+
+    /// True when the memory part has room for a record read back from the spool.
+    pub fn spooler_has_replay_room(&self) -> bool {
+        self.has_replay_room(&self.state.lock())
+    }
+
+    /// A record read back from the spool (its batch tagged with its sequence number) joins the memory part, behind
+    /// everything there; `n_unread_records` is the spool's count after the read.
+    pub fn spooler_replayed(&self, batch: Batch, n_unread_records: u64) {
+        debug_assert!(batch.spool_seq().is_some());
+        let mut state = self.state.lock();
+        state.n_lines += batch.n_lines() as usize;
+        state.n_bytes += batch.memory_bytes();
+        state.batches.push_back(batch);
+        state.spill.n_unread_records = n_unread_records;
+        self.publish_gauges(&state);
+        drop(state);
+        self.data_ready.notify_one();
+    }
+
+    /// The spool's count of unread records changed without a read (records evicted, or found corrupt).
+    pub fn spooler_set_unread_records(&self, n_unread_records: u64) {
+        self.state.lock().spill.n_unread_records = n_unread_records;
+    }
+
+    /// Shutdown, after the writer stopped: tells the spooler to write what memory holds and close the spool.
+    pub fn finish_spool(&self) {
+        self.state.lock().spill.finishing = true;
+        self.spool_work.notify_all();
+    }
+
+    /// Empties the memory part for the spooler at shutdown and returns, in order, the batches not yet in the spool
+    /// (the priority lane, queued batches that never spilled, the spill lane). Batches read back from the spool are
+    /// left out: they are still on disk, unacknowledged, and will be read again at the next start.
+    /// Also returns the lines of those left-out batches.
+    pub fn take_for_shutdown(&self) -> (Vec<Batch>, u64) {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let mut out: Vec<Batch> = state.priority.drain(..).collect();
+        let mut n_lines_on_disk = 0u64;
+        for batch in state.batches.drain(..) {
+            if batch.spool_seq().is_some() {
+                n_lines_on_disk += u64::from(batch.n_lines());
+            } else {
+                out.push(batch);
+            }
+        }
+        out.extend(state.spill.lane.drain(..));
+        state.priority_bytes = 0;
+        state.spill.lane_lines = 0;
+        state.spill.lane_bytes = 0;
+        state.n_lines = 0;
+        state.n_bytes = 0;
+        self.publish_gauges(state);
+        (out, n_lines_on_disk)
+    }
+
+    fn leave_writing(&self, state: &mut State, batch: &Batch) {
+        let n_lines = batch.n_lines() as usize;
+        let n_bytes = batch.memory_bytes();
+        state.spill.n_writing -= 1;
+        state.spill.writing_lines -= n_lines;
+        state.spill.writing_bytes -= n_bytes;
+        state.n_lines -= n_lines;
+        state.n_bytes -= n_bytes;
+    }
+
+    /// Wakes senders waiting under `block` (a full spill lane) when room appears.
+    fn wake_block_senders(&self) {
+        if self
+            .spill_policy
+            .is_some_and(|policy| policy.overflow == SpoolOverflow::Block)
+        {
+            self.room.notify_waiters();
+        }
+    }
+}
+
+/// Lines and bytes of the memory part: queued and in flight, without the spill lane and what is being written.
+fn memory_part(state: &State) -> (usize, usize) {
+    let spill = &state.spill;
+    (
+        state.n_lines - spill.lane_lines - spill.writing_lines,
+        state.n_bytes - spill.lane_bytes - spill.writing_bytes,
+    )
 }
 
 #[cfg(test)]
@@ -478,5 +796,168 @@ mod tests {
             2
         );
         assert!(!queue.pop_into(&mut out, usize::MAX).await);
+    }
+
+    fn spilling_queue(mode: SpoolMode, overflow: SpoolOverflow, n_unread_records: u64) -> Queue {
+        Queue::with_spool(
+            QueueLimits {
+                max_lines: 100,
+                max_bytes: 4 * charged(6),
+                overflow: OverflowPolicy::DropNewest,
+            },
+            DestinationStats::new("test:1"),
+            Arc::new(Notify::new()),
+            SpillPolicy { mode, overflow },
+            n_unread_records,
+        )
+    }
+
+    fn connect(queue: &Queue) {
+        queue.stats().connected.store(true, Ordering::Relaxed);
+    }
+
+    fn take_lane(queue: &Queue) -> Vec<Batch> {
+        let mut to_write = Vec::new();
+        queue.spooler_wait(&mut to_write, Duration::ZERO, true);
+        to_write
+    }
+
+    #[tokio::test]
+    async fn overflow_spills_while_disconnected_and_when_memory_is_full_and_keeps_later_batches_behind_the_disk(
+    ) {
+        let queue = spilling_queue(SpoolMode::Overflow, SpoolOverflow::DropOldest, 0);
+        assert_eq!(
+            queue.push(batch("a 1 1\n")),
+            Pushed::Spilled,
+            "disconnected"
+        );
+        connect(&queue);
+        assert_eq!(
+            queue.push(batch("b 1 1\n")),
+            Pushed::Spilled,
+            "behind `a` in the lane"
+        );
+        let written = take_lane(&queue);
+        assert_eq!(written, vec![batch("a 1 1\n"), batch("b 1 1\n")]);
+        for batch in &written {
+            queue.spooler_written(batch, 2);
+        }
+        assert_eq!(
+            queue.push(batch("c 1 1\n")),
+            Pushed::Spilled,
+            "behind `a` and `b` on disk"
+        );
+        assert_eq!(
+            queue.stats().queued_lines.load(Ordering::Relaxed),
+            1,
+            "only `c` is in memory"
+        );
+        queue.spooler_replayed(batch("a 1 1\n").with_spool_seq(0), 1);
+        queue.spooler_replayed(batch("b 1 1\n").with_spool_seq(1), 0);
+        let c = take_lane(&queue);
+        queue.spooler_written(&c[0], 1);
+        queue.spooler_replayed(batch("c 1 1\n").with_spool_seq(2), 0);
+        assert_eq!(
+            queue.push(batch("d 1 1\n")),
+            Pushed::Queued,
+            "nothing on disk: memory again"
+        );
+        let popped = pop_all(&queue).await;
+        let texts: Vec<&[u8]> = popped.iter().map(|batch| &batch.bytes()[..]).collect();
+        assert_eq!(texts, [&b"a 1 1\n"[..], b"b 1 1\n", b"c 1 1\n", b"d 1 1\n"]);
+        queue.complete(&popped);
+        let mut to_write = Vec::new();
+        let work = queue.spooler_wait(&mut to_write, Duration::ZERO, true);
+        assert_eq!(work.acked_seq_end, 3, "acknowledged through `c`");
+        assert_eq!(dropped(&queue), 0);
+    }
+
+    #[tokio::test]
+    async fn a_connected_destination_with_room_never_touches_the_spool_in_overflow_mode() {
+        let queue = spilling_queue(SpoolMode::Overflow, SpoolOverflow::DropOldest, 0);
+        connect(&queue);
+        for _ in 0..4 {
+            assert_eq!(queue.push(batch("a 1 1\n")), Pushed::Queued);
+        }
+        assert_eq!(
+            queue.push(batch("b 1 1\n")),
+            Pushed::Spilled,
+            "memory is full"
+        );
+        assert!(take_lane(&queue).len() == 1);
+    }
+
+    #[tokio::test]
+    async fn always_mode_spills_every_batch() {
+        let queue = spilling_queue(SpoolMode::Always, SpoolOverflow::DropOldest, 0);
+        connect(&queue);
+        assert_eq!(queue.push(batch("a 1 1\n")), Pushed::Spilled);
+        assert_eq!(queue.push(batch("b 1 1\n")), Pushed::Spilled);
+    }
+
+    #[tokio::test]
+    async fn records_found_at_start_keep_new_batches_behind_them() {
+        let queue = spilling_queue(SpoolMode::Overflow, SpoolOverflow::DropOldest, 3);
+        connect(&queue);
+        assert_eq!(queue.push(batch("a 1 1\n")), Pushed::Spilled);
+    }
+
+    #[tokio::test]
+    async fn a_full_spill_lane_applies_spool_overflow() {
+        let line = format!("big {} 1\n", "1".repeat(60_000));
+        for (policy, expected_drops) in [
+            (SpoolOverflow::DropNewest, true),
+            (SpoolOverflow::Block, false),
+        ] {
+            let queue = spilling_queue(SpoolMode::Always, policy, 0);
+            let mut n_pushed = 0;
+            let refused = loop {
+                match queue.push(batch(&line)) {
+                    Pushed::Spilled => n_pushed += 1,
+                    other => break other,
+                }
+            };
+            assert_eq!(n_pushed, SPILL_LANE_MAX_BYTES / charged(line.len()));
+            match policy {
+                SpoolOverflow::Block => assert!(matches!(refused, Pushed::Full(_))),
+                _ => assert_eq!(refused, Pushed::Dropped),
+            }
+            assert_eq!(
+                queue.stats().dropped_lines[DropReason::SpoolFull as usize].load(Ordering::Relaxed)
+                    > 0,
+                expected_drops
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn shutdown_hands_the_spooler_what_is_not_on_disk_in_order() {
+        let queue = spilling_queue(SpoolMode::Overflow, SpoolOverflow::DropOldest, 0);
+        connect(&queue);
+        queue.push(batch("a 1 1\n"));
+        for _ in 0..3 {
+            queue.push(batch("b 1 1\n"));
+        }
+        queue.push_priority(batch("self 1 1\n"));
+        queue.push(batch("c 1 1\n"));
+        let written = take_lane(&queue);
+        queue.spooler_written(&written[0], 1);
+        queue.spooler_replayed(batch("c 1 1\n").with_spool_seq(7), 0);
+        queue.push(batch("d 1 1\n"));
+        let (rest, n_lines_on_disk) = queue.take_for_shutdown();
+        let texts: Vec<&[u8]> = rest.iter().map(|batch| &batch.bytes()[..]).collect();
+        assert_eq!(
+            texts,
+            [
+                &b"self 1 1\n"[..],
+                b"a 1 1\n",
+                b"b 1 1\n",
+                b"b 1 1\n",
+                b"b 1 1\n",
+                b"d 1 1\n"
+            ]
+        );
+        assert_eq!(n_lines_on_disk, 1, "`c` is on disk already");
+        assert_eq!(queue.stats().queued_lines.load(Ordering::Relaxed), 0);
     }
 }

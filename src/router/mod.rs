@@ -76,8 +76,10 @@ impl Router {
             .iter()
             .map(|destination| Arc::clone(&destination.queue))
             .collect();
+        // A destination with a spool spills instead of making senders wait.
         let healths = destinations
             .into_iter()
+            .filter(|destination| !destination.queue.has_spool())
             .map(|destination| destination.health)
             .collect();
         let console_out = console_out.then(|| {
@@ -125,7 +127,11 @@ impl Router {
             match queue.push(batch.clone()) {
                 Pushed::Full(refused) => self.push_blocking(queue, refused).await,
                 // Drops, and batches refused by a closed queue, are counted by the queue.
-                Pushed::Queued | Pushed::QueuedEvicting | Pushed::Dropped | Pushed::Closed => {}
+                Pushed::Queued
+                | Pushed::QueuedEvicting
+                | Pushed::Spilled
+                | Pushed::Dropped
+                | Pushed::Closed => {}
             }
         }
     }
@@ -151,9 +157,11 @@ impl Router {
             room.as_mut().enable();
             match queue.push(batch) {
                 Pushed::Full(refused) => batch = refused,
-                Pushed::Queued | Pushed::QueuedEvicting | Pushed::Dropped | Pushed::Closed => {
-                    return
-                }
+                Pushed::Queued
+                | Pushed::QueuedEvicting
+                | Pushed::Spilled
+                | Pushed::Dropped
+                | Pushed::Closed => return,
             }
             tokio::select! {
                 () = self.stop.cancelled() => {

@@ -17,6 +17,8 @@ mod destinations;
 mod connections;
 // The stats HTTP server on real sockets: its connection cap and header read timeout, and a `/stats` client.
 mod stats_server;
+// The disk spool: spilling, replay in order, shutdown and restart, policies, the lock (`spool_crash` kills it).
+mod spool;
 // The real Graphite peers (collectd, statsd, carbon-cache, carbon-c-relay) end to end; `--features peers`.
 #[cfg(feature = "peers")]
 mod peers;
