@@ -156,6 +156,8 @@ impl Relay {
         let identities = config.destination_identities()?;
         let names: Vec<String> = identities.iter().map(ToString::to_string).collect();
         let registry = Arc::new(Registry::new(&names));
+        // Before anything binds: a spool another relay holds must stop this one before it takes a port.
+        let mut spools = open_spools(&config, &identities, &registry)?;
 
         let listener = net::bind(&config.listen.address, config.listen.port).await?;
         let listen_address = listener
@@ -174,7 +176,6 @@ impl Relay {
         let mut writers = Vec::new();
         // Writers of destinations with a spool stop early enough at shutdown to leave time to spool the rest.
         let stop_spooled = stop.child_token();
-        let mut spools = open_spools(&config, &identities, &registry)?;
         let mut spooled = Vec::new();
         for ((identity, stats), spool) in identities
             .iter()
