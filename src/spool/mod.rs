@@ -592,18 +592,22 @@ impl<F: Fs> Spool<F> {
                     continue;
                 }
                 Err(header_error) => {
-                    let corrupt =
-                        PathBuf::from(format!("{}{}", path.display(), segment::CORRUPT_SUFFIX));
-                    tracing::error!(path = %path.display(), renamed = %corrupt.display(), error = ?header_error,
-                        "spool segment header not understood, its lines are lost to this spool");
-                    self.fs
-                        .rename(&path, &corrupt)
-                        .map_err(io_error("rename corrupt spool segment", &path))?;
+                    tracing::error!(path = %path.display(), error = ?header_error, "spool segment header not understood");
+                    self.set_aside(&path)?;
                     dir_changed = true;
                     cut_before = true;
                     continue;
                 }
             };
+            let goes_back =
+                previous_end.is_some_and(|end| scan.first_seq.is_some_and(|first| first < end));
+            if goes_back {
+                tracing::error!(path = %path.display(), "spool segment out of sequence with the one before it");
+                self.set_aside(&path)?;
+                dir_changed = true;
+                cut_before = true;
+                continue;
+            }
             let truncated = scan.valid_len < bytes.len() as u64;
             cut_before |= truncated;
             if truncated {
@@ -683,6 +687,15 @@ impl<F: Fs> Spool<F> {
         recovered.unread_lines = status.unread_lines;
         recovered.unread_records = status.unread_records;
         Ok(recovered)
+    }
+
+    /// Renames a segment recovery cannot use to `*.seg.corrupt`, out of the spool, for a human to look at.
+    fn set_aside(&self, path: &Path) -> Result<(), Error> {
+        let corrupt = PathBuf::from(format!("{}{}", path.display(), segment::CORRUPT_SUFFIX));
+        tracing::error!(path = %path.display(), renamed = %corrupt.display(), "spool segment set aside, its lines are lost");
+        self.fs
+            .rename(path, &corrupt)
+            .map_err(io_error("rename corrupt spool segment", path))
     }
 
     /// Evicts (under `drop_oldest`) until a record of `record_len` bytes fits under the cap, or refuses.

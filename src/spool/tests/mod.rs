@@ -381,3 +381,41 @@ fn segment_bytes_is_a_sixteenth_of_the_cap_within_bounds() {
     assert_eq!(segment_bytes(1 << 40), 64 << 20);
     assert_eq!(segment_bytes(0), 64 << 10);
 }
+
+#[test]
+fn a_segment_whose_sequence_goes_back_is_set_aside() {
+    // Regression (found by the fuzz target): a second segment starting below the first one's end was replayed,
+    // delivering sequence numbers out of order.
+    let fs = FaultyFs::new();
+    let dir = Path::new("/spool");
+    let segment_with = |first_seq: u64, n_lines: u32| {
+        let mut bytes = segment::header().to_vec();
+        let mut buf = Vec::new();
+        record::encode(
+            &mut buf,
+            record::Kind::Lines,
+            first_seq,
+            n_lines,
+            &batch("x", n_lines),
+        );
+        bytes.extend_from_slice(&buf);
+        bytes
+    };
+    fs.set_contents(&dir.join(segment::file_name(0)), segment_with(0, 3));
+    fs.set_contents(&dir.join(segment::file_name(1)), segment_with(1, 1));
+    fs.set_contents(&dir.join(segment::file_name(2)), segment_with(3, 2));
+    let (mut spool, recovered) = Spool::open_with(
+        fs.clone(),
+        settings(dir, 1 << 20, SpoolOverflow::DropOldest),
+    )
+    .expect("open");
+    assert_eq!((recovered.unread_lines, recovered.corrupt_lines), (5, 0));
+    let first_seqs: Vec<u64> = read_all(&mut spool)
+        .iter()
+        .map(|record| record.first_seq)
+        .collect();
+    assert_eq!(first_seqs, [0, 3]);
+    assert!(fs
+        .contents(&dir.join("00000000000000000001.seg.corrupt"))
+        .is_some());
+}
