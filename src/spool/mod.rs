@@ -62,8 +62,12 @@
 //!   are cut (the file is truncated there). The lost lines are counted exactly from the sequence gap to the next
 //!   segment's first record ([`Recovered::corrupt_lines`]); in the newest segment they cannot be told from a torn tail.
 //! - A segment whose header is a torn prefix of a valid one (a crash while it was created) held nothing and is deleted.
-//!   A segment with a wrong magic or an unknown version is renamed to `*.seg.corrupt` and left for a human (it may be
-//!   a newer polymur's data); its lines are counted as corrupt from the sequence gap around it.
+//!   A segment with a wrong magic or an unknown version, or whose sequence numbers go back below the previous
+//!   segment's end, is renamed to `*.seg.corrupt` and left for a human (it may be a newer polymur's data); its lines
+//!   are counted as corrupt from the sequence gap around it. Its id is never used again.
+//! - Each gap is counted once, by the recovery that cut or set aside what made it: a later open sees clean files.
+//! - Sequence numbers restart above the checkpoint and above every record on disk. Lines that were never durable (an
+//!   unsynced tail lost to a power cut, with no checkpoint past them) may see their numbers used again.
 //! - A missing or invalid checkpoint means replay from the oldest segment: duplicates, never loss.
 //! - A record found corrupt while reading (after open) is skipped with the rest of its segment, and its lines are
 //!   counted ([`Spool::take_corrupt_lines`]).

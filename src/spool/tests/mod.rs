@@ -419,3 +419,10 @@ fn a_segment_whose_sequence_goes_back_is_set_aside() {
         .contents(&dir.join("00000000000000000001.seg.corrupt"))
         .is_some());
 }
+
+#[test]
+fn a_spool_can_move_to_a_blocking_thread() {
+    fn assert_send<T: Send + 'static>() {}
+    assert_send::<Spool<RealFs>>();
+    assert_send::<Spool<FaultyFs>>();
+}
