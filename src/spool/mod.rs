@@ -397,22 +397,10 @@ impl<F: Fs> Spool<F> {
     /// [`Error::Io`] when a segment cannot be opened or read; the position does not move, so a later call retries.
     pub fn read_next(&mut self) -> Result<Option<Record>, Error> {
         loop {
-            let Some(index) = self.locate_reader() else {
+            let Some(index) = self.next_unread_segment() else {
                 return Ok(None);
             };
             let segment = &self.segments[index];
-            if self.reader.offset >= segment.len {
-                if self.is_writing(index) {
-                    return Ok(None);
-                }
-                self.reader = Reader {
-                    segment_id: segment.id + 1,
-                    offset: segment::HEADER_LEN,
-                    records_read: 0,
-                    next_seq: segment.end_seq,
-                };
-                continue;
-            }
             let (segment_id, segment_len, segment_end_seq) =
                 (segment.id, segment.len, segment.end_seq);
             let Some(record) = self.read_record(index)? else {
@@ -448,21 +436,40 @@ impl<F: Fs> Spool<F> {
     /// Steps over the next unread record without reading it, if it starts at `first_seq` (write-ahead hands the batch
     /// it just appended straight to the writer); `true` if it did.
     pub fn mark_read(&mut self, first_seq: u64) -> bool {
-        let Some(index) = self.locate_reader() else {
+        let Some(index) = self.next_unread_segment() else {
             return false;
         };
-        let segment_id = self.segments[index].id;
+        let segment = &self.segments[index];
         let at_last_appended = self.last_appended.filter(|position| {
-            position.segment_id == segment_id
-                && position.offset == self.reader.offset
-                && position.first_seq == first_seq
+            position.segment_id == segment.id && position.offset == self.reader.offset
         });
-        let Some(position) = at_last_appended else {
-            return false;
+        let (record_len, record_first_seq, record_end_seq) = match at_last_appended {
+            Some(position) => (position.len, position.first_seq, position.end_seq),
+            None => {
+                // Not the record just appended (after a restart, say): its header says how long it is.
+                let offset = self.reader.offset;
+                let available = segment.len - offset;
+                let mut front = [0; record::HEADER_LEN];
+                let read = self
+                    .reader_file(index)
+                    .and_then(|file| file.read_at(&mut front, offset).map_err(|_| ()));
+                let header = record::Header::parse(&front);
+                if read.is_err()
+                    || available < record::HEADER_LEN as u64
+                    || header.record_len() > available
+                {
+                    return false;
+                }
+                (header.record_len(), header.first_seq, header.end_seq())
+            }
         };
-        self.reader.offset += position.len;
+        // As read_next would return it: without lines already acknowledged.
+        if record_first_seq.max(self.acked) != first_seq || record_end_seq <= self.acked {
+            return false;
+        }
+        self.reader.offset += record_len;
         self.reader.records_read += 1;
-        self.reader.next_seq = position.end_seq;
+        self.reader.next_seq = record_end_seq;
         true
     }
 
@@ -948,6 +955,40 @@ impl<F: Fs> Spool<F> {
         self.fs
             .sync_dir(dir)
             .map_err(io_error("sync spool directory", dir))
+    }
+
+    /// The index of the segment holding the next unread record, moving the reader past segments it has finished.
+    fn next_unread_segment(&mut self) -> Option<usize> {
+        loop {
+            let index = self.locate_reader()?;
+            let segment = &self.segments[index];
+            if self.reader.offset < segment.len {
+                return Some(index);
+            }
+            if self.is_writing(index) {
+                return None;
+            }
+            self.reader = Reader {
+                segment_id: segment.id + 1,
+                offset: segment::HEADER_LEN,
+                records_read: 0,
+                next_seq: segment.end_seq,
+            };
+        }
+    }
+
+    /// The open file of segment `index` for reading, opening it if needed; `Err(())` if it cannot be opened.
+    fn reader_file(&mut self, index: usize) -> Result<&F::File, ()> {
+        let segment = &self.segments[index];
+        if self
+            .reader_file
+            .as_ref()
+            .is_none_or(|(id, _)| *id != segment.id)
+        {
+            let file = self.fs.open(&segment.path).map_err(|_| ())?;
+            self.reader_file = Some((segment.id, file));
+        }
+        Ok(&self.reader_file.as_ref().expect("opened above").1)
     }
 
     fn is_writing(&self, index: usize) -> bool {

@@ -5,7 +5,8 @@
 //! what happened to it: synced, delivered, acknowledged, evicted, refused, lost to a crash. After each action it checks:
 //!
 //! - reads return exactly the model's oldest unread record (same lines, same sequence numbers), so delivery is in
-//!   order and sequence numbers strictly increase within a run;
+//!   order and sequence numbers strictly increase within a run; `mark_read` steps over exactly that record when
+//!   given its `first_seq`, and over nothing when given another;
 //! - evictions remove exactly the oldest unread records, as many lines as `Appended::evicted_lines` says;
 //! - after a crash or restart, every synced, unacknowledged, not-evicted line is delivered again, nothing acknowledged
 //!   before a successful sync is, and only unsynced lines are ever lost (a clean restart loses and repeats nothing
@@ -24,6 +25,7 @@ use super::super::*;
 enum Action {
     Append { n_lines: u32, pad: usize },
     Read,
+    MarkRead { wrong: bool },
     Ack { fraction: u16 },
     Sync,
     Crash { seed: u64 },
@@ -42,7 +44,8 @@ struct Setup {
 fn action() -> impl Strategy<Value = Action> {
     prop_oneof![
         30 => (1u32..16, 0usize..24).prop_map(|(n_lines, pad)| Action::Append { n_lines, pad }),
-        25 => Just(Action::Read),
+        20 => Just(Action::Read),
+        6 => any::<bool>().prop_map(|wrong| Action::MarkRead { wrong }),
         12 => any::<u16>().prop_map(|fraction| Action::Ack { fraction }),
         6 => Just(Action::Sync),
         4 => any::<u64>().prop_map(|seed| Action::Crash { seed }),
@@ -302,6 +305,40 @@ impl Model {
         Ok(())
     }
 
+    /// `mark_read` steps over the oldest unread record given its `first_seq`, and refuses any other.
+    fn mark_read(&mut self, spool: &mut Spool<FaultyFs>, wrong: bool) -> Result<(), TestCaseError> {
+        let Some(expected) = self.pending.front() else {
+            prop_assert!(!spool.mark_read(self.read_end), "stepped over nothing");
+            return Ok(());
+        };
+        let first_seq = self.lines[expected[0]].seq;
+        if wrong {
+            prop_assert!(
+                !spool.mark_read(first_seq + 1),
+                "stepped over a record not starting there"
+            );
+            return Ok(());
+        }
+        prop_assert!(
+            spool.mark_read(first_seq),
+            "did not step over the next record at {}",
+            first_seq
+        );
+        let expected = self.pending.pop_front().expect("checked above");
+        prop_assert!(
+            first_seq >= self.read_end,
+            "sequence went back within a run"
+        );
+        for uid in &expected {
+            let line = &mut self.lines[*uid];
+            self.duplicates += u64::from(line.delivered);
+            line.delivered = true;
+            line.delivered_step = self.step;
+        }
+        self.read_end = first_seq + expected.len() as u64;
+        Ok(())
+    }
+
     fn ack(&mut self, spool: &mut Spool<FaultyFs>, fraction: u16) {
         if self.read_end <= self.run_acked {
             return;
@@ -475,6 +512,7 @@ fn run(setup: Setup, actions: Vec<Action>) -> Result<(), TestCaseError> {
         match action {
             Action::Append { n_lines, pad } => model.append(&mut spool, &setup, n_lines, pad)?,
             Action::Read => model.read(&mut spool)?,
+            Action::MarkRead { wrong } => model.mark_read(&mut spool, wrong)?,
             Action::Ack { fraction } => model.ack(&mut spool, fraction),
             Action::Sync => match spool.sync() {
                 Ok(()) => model.synced(&setup),
