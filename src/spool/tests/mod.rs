@@ -426,3 +426,28 @@ fn a_spool_can_move_to_a_blocking_thread() {
     assert_send::<Spool<RealFs>>();
     assert_send::<Spool<FaultyFs>>();
 }
+
+#[test]
+fn a_spool_dropped_without_close_loses_nothing_it_accepted() {
+    // What `kill -9` leaves: no sync, no checkpoint, the page cache intact. Every accepted line comes back.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut settings = settings(dir.path(), 1 << 20, SpoolOverflow::DropOldest);
+    settings.sync = SpoolSync::Never;
+    let (mut spool, _) = Spool::open(settings.clone()).expect("open");
+    for name in ["a", "b", "c"] {
+        spool.append(&batch(name, 5), 5).expect("append");
+    }
+    read_all(&mut spool);
+    spool.ack(7);
+    drop(spool);
+    let (mut spool, recovered) = Spool::open(settings).expect("reopen");
+    assert_eq!((recovered.unread_lines, recovered.truncated_bytes), (15, 0));
+    let payloads: Vec<Bytes> = read_all(&mut spool)
+        .into_iter()
+        .map(|record| record.payload)
+        .collect();
+    assert_eq!(
+        payloads.concat(),
+        [batch("a", 5), batch("b", 5), batch("c", 5)].concat()
+    );
+}
