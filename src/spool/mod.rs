@@ -62,8 +62,12 @@
 //!   are cut (the file is truncated there). The lost lines are counted exactly from the sequence gap to the next
 //!   segment's first record ([`Recovered::corrupt_lines`]); in the newest segment they cannot be told from a torn tail.
 //! - A segment whose header is a torn prefix of a valid one (a crash while it was created) held nothing and is deleted.
-//!   A segment with a wrong magic or an unknown version is renamed to `*.seg.corrupt` and left for a human (it may be
-//!   a newer polymur's data); its lines are counted as corrupt from the sequence gap around it.
+//!   A segment with a wrong magic or an unknown version, or whose sequence numbers go back below the previous
+//!   segment's end, is renamed to `*.seg.corrupt` and left for a human (it may be a newer polymur's data); its lines
+//!   are counted as corrupt from the sequence gap around it. Its id is never used again.
+//! - Each gap is counted once, by the recovery that cut or set aside what made it: a later open sees clean files.
+//! - Sequence numbers restart above the checkpoint and above every record on disk. Lines that were never durable (an
+//!   unsynced tail lost to a power cut, with no checkpoint past them) may see their numbers used again.
 //! - A missing or invalid checkpoint means replay from the oldest segment: duplicates, never loss.
 //! - A record found corrupt while reading (after open) is skipped with the rest of its segment, and its lines are
 //!   counted ([`Spool::take_corrupt_lines`]).
@@ -393,22 +397,10 @@ impl<F: Fs> Spool<F> {
     /// [`Error::Io`] when a segment cannot be opened or read; the position does not move, so a later call retries.
     pub fn read_next(&mut self) -> Result<Option<Record>, Error> {
         loop {
-            let Some(index) = self.locate_reader() else {
+            let Some(index) = self.next_unread_segment() else {
                 return Ok(None);
             };
             let segment = &self.segments[index];
-            if self.reader.offset >= segment.len {
-                if self.is_writing(index) {
-                    return Ok(None);
-                }
-                self.reader = Reader {
-                    segment_id: segment.id + 1,
-                    offset: segment::HEADER_LEN,
-                    records_read: 0,
-                    next_seq: segment.end_seq,
-                };
-                continue;
-            }
             let (segment_id, segment_len, segment_end_seq) =
                 (segment.id, segment.len, segment.end_seq);
             let Some(record) = self.read_record(index)? else {
@@ -444,21 +436,40 @@ impl<F: Fs> Spool<F> {
     /// Steps over the next unread record without reading it, if it starts at `first_seq` (write-ahead hands the batch
     /// it just appended straight to the writer); `true` if it did.
     pub fn mark_read(&mut self, first_seq: u64) -> bool {
-        let Some(index) = self.locate_reader() else {
+        let Some(index) = self.next_unread_segment() else {
             return false;
         };
-        let segment_id = self.segments[index].id;
+        let segment = &self.segments[index];
         let at_last_appended = self.last_appended.filter(|position| {
-            position.segment_id == segment_id
-                && position.offset == self.reader.offset
-                && position.first_seq == first_seq
+            position.segment_id == segment.id && position.offset == self.reader.offset
         });
-        let Some(position) = at_last_appended else {
-            return false;
+        let (record_len, record_first_seq, record_end_seq) = match at_last_appended {
+            Some(position) => (position.len, position.first_seq, position.end_seq),
+            None => {
+                // Not the record just appended (after a restart, say): its header says how long it is.
+                let offset = self.reader.offset;
+                let available = segment.len - offset;
+                let mut front = [0; record::HEADER_LEN];
+                let read = self
+                    .reader_file(index)
+                    .and_then(|file| file.read_at(&mut front, offset).map_err(|_| ()));
+                let header = record::Header::parse(&front);
+                if read.is_err()
+                    || available < record::HEADER_LEN as u64
+                    || header.record_len() > available
+                {
+                    return false;
+                }
+                (header.record_len(), header.first_seq, header.end_seq())
+            }
         };
-        self.reader.offset += position.len;
+        // As read_next would return it: without lines already acknowledged.
+        if record_first_seq.max(self.acked) != first_seq || record_end_seq <= self.acked {
+            return false;
+        }
+        self.reader.offset += record_len;
         self.reader.records_read += 1;
-        self.reader.next_seq = position.end_seq;
+        self.reader.next_seq = record_end_seq;
         true
     }
 
@@ -526,6 +537,23 @@ impl<F: Fs> Spool<F> {
         self.sync()
     }
 
+    /// Every record [`Spool::read_next`] would return from here on, without moving the reader (for the model test).
+    #[cfg(test)]
+    fn peek_unread(&mut self) -> Vec<Record> {
+        let reader = self.reader;
+        let corrupt_lines = self.corrupt_lines;
+        let mut records = Vec::new();
+        while let Some(record) = self
+            .read_next()
+            .expect("test file systems do not fail reads")
+        {
+            records.push(record);
+        }
+        self.reader = reader;
+        self.corrupt_lines = corrupt_lines;
+        records
+    }
+
     fn recover(&mut self) -> Result<Recovered, Error> {
         let dir = self.settings.dir.clone();
         let names = self
@@ -553,6 +581,9 @@ impl<F: Fs> Spool<F> {
         let mut recovered = Recovered::default();
         // The end of the previous segment's valid records, to count lines lost between segments.
         let mut previous_end: Option<u64> = None;
+        // Whether lines may be missing between the previous segment and the next: one was cut, or renamed away, in
+        // this recovery. (A gap left by an earlier recovery was counted then.)
+        let mut cut_before = false;
         let mut dir_changed = false;
         for id in ids {
             self.next_segment_id = self.next_segment_id.max(id + 1);
@@ -572,18 +603,25 @@ impl<F: Fs> Spool<F> {
                     continue;
                 }
                 Err(header_error) => {
-                    let corrupt =
-                        PathBuf::from(format!("{}{}", path.display(), segment::CORRUPT_SUFFIX));
-                    tracing::error!(path = %path.display(), renamed = %corrupt.display(), error = ?header_error,
-                        "spool segment header not understood, its lines are lost to this spool");
-                    self.fs
-                        .rename(&path, &corrupt)
-                        .map_err(io_error("rename corrupt spool segment", &path))?;
+                    tracing::error!(path = %path.display(), error = ?header_error, "spool segment header not understood");
+                    self.set_aside(&path)?;
                     dir_changed = true;
+                    cut_before = true;
                     continue;
                 }
             };
-            if scan.valid_len < bytes.len() as u64 {
+            let goes_back =
+                previous_end.is_some_and(|end| scan.first_seq.is_some_and(|first| first < end));
+            if goes_back {
+                tracing::error!(path = %path.display(), "spool segment out of sequence with the one before it");
+                self.set_aside(&path)?;
+                dir_changed = true;
+                cut_before = true;
+                continue;
+            }
+            let truncated = scan.valid_len < bytes.len() as u64;
+            cut_before |= truncated;
+            if truncated {
                 let cut = bytes.len() as u64 - scan.valid_len;
                 tracing::warn!(path = %path.display(), bytes = cut, stop = ?scan.stop, "truncating spool segment");
                 let mut file = self
@@ -603,7 +641,7 @@ impl<F: Fs> Spool<F> {
                 dir_changed = true;
                 continue;
             };
-            if let Some(previous_end) = previous_end {
+            if let Some(previous_end) = previous_end.filter(|_| cut_before) {
                 let lost = first_seq.saturating_sub(previous_end.max(self.acked));
                 if lost > 0 {
                     tracing::error!(path = %path.display(), lines = lost, "spool lines lost to corruption before segment");
@@ -611,6 +649,7 @@ impl<F: Fs> Spool<F> {
                 recovered.corrupt_lines += lost;
             }
             previous_end = Some(scan.end_seq);
+            cut_before = truncated;
             self.next_seq = self.next_seq.max(scan.end_seq);
             if scan.end_seq <= self.acked {
                 // Wholly acknowledged and the checkpoint saying so is durable: a crash came before its deletion.
@@ -659,6 +698,15 @@ impl<F: Fs> Spool<F> {
         recovered.unread_lines = status.unread_lines;
         recovered.unread_records = status.unread_records;
         Ok(recovered)
+    }
+
+    /// Renames a segment recovery cannot use to `*.seg.corrupt`, out of the spool, for a human to look at.
+    fn set_aside(&self, path: &Path) -> Result<(), Error> {
+        let corrupt = PathBuf::from(format!("{}{}", path.display(), segment::CORRUPT_SUFFIX));
+        tracing::error!(path = %path.display(), renamed = %corrupt.display(), "spool segment set aside, its lines are lost");
+        self.fs
+            .rename(path, &corrupt)
+            .map_err(io_error("rename corrupt spool segment", path))
     }
 
     /// Evicts (under `drop_oldest`) until a record of `record_len` bytes fits under the cap, or refuses.
@@ -728,6 +776,8 @@ impl<F: Fs> Spool<F> {
         }
         self.bytes -= segment.disk_len;
         self.unreported_evicted_lines += unread;
+        // Its lines are done with, as if acknowledged: the next checkpoint keeps sequence numbers above them.
+        self.acked = self.acked.max(segment.end_seq);
         self.forget_reader_file(segment.id);
         Ok(())
     }
@@ -905,6 +955,40 @@ impl<F: Fs> Spool<F> {
         self.fs
             .sync_dir(dir)
             .map_err(io_error("sync spool directory", dir))
+    }
+
+    /// The index of the segment holding the next unread record, moving the reader past segments it has finished.
+    fn next_unread_segment(&mut self) -> Option<usize> {
+        loop {
+            let index = self.locate_reader()?;
+            let segment = &self.segments[index];
+            if self.reader.offset < segment.len {
+                return Some(index);
+            }
+            if self.is_writing(index) {
+                return None;
+            }
+            self.reader = Reader {
+                segment_id: segment.id + 1,
+                offset: segment::HEADER_LEN,
+                records_read: 0,
+                next_seq: segment.end_seq,
+            };
+        }
+    }
+
+    /// The open file of segment `index` for reading, opening it if needed; `Err(())` if it cannot be opened.
+    fn reader_file(&mut self, index: usize) -> Result<&F::File, ()> {
+        let segment = &self.segments[index];
+        if self
+            .reader_file
+            .as_ref()
+            .is_none_or(|(id, _)| *id != segment.id)
+        {
+            let file = self.fs.open(&segment.path).map_err(|_| ())?;
+            self.reader_file = Some((segment.id, file));
+        }
+        Ok(&self.reader_file.as_ref().expect("opened above").1)
     }
 
     fn is_writing(&self, index: usize) -> bool {

@@ -1,6 +1,6 @@
 //! A segment file: its header, its name, and the scan that finds its longest valid prefix (pure, no I/O).
 //!
-//! A segment is `magic[8] | version u32 | reserved u32` followed by records ([`record`](super::record)) whose
+//! A segment is `magic[8] | version u32 | reserved u32` followed by records ([`record`]) whose
 //! sequence numbers are contiguous: each record's `first_seq` is the previous record's `first_seq + n_lines`. The scan
 //! reads records from the front and stops at the first one that is incomplete (a torn tail), invalid, or out of
 //! sequence; what it returns is always a prefix of its input, and it never panics or loops on any bytes.
