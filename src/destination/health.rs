@@ -107,6 +107,13 @@ impl Health {
         self.stats.queued_bytes.load(Ordering::Relaxed) - self.unacked_bytes.load(Ordering::Relaxed)
     }
 
+    /// True while the destination has a working disk spool: it spills what it cannot take instead of making senders
+    /// wait. A spool whose disk fails (degraded) stops spilling, and the destination paces like one without a spool.
+    pub fn spills(&self) -> bool {
+        self.stats.spool_enabled.load(Ordering::Relaxed)
+            && !self.stats.spool_degraded.load(Ordering::Relaxed)
+    }
+
     /// True while the lag is above the watermark.
     pub fn is_behind(&self) -> bool {
         let behind = self.lag_bytes() > self.lag_watermark_bytes;

@@ -12,7 +12,9 @@
 //! ([`super::spooler`]) empties the lane onto disk and reads records back into the memory part while it has room
 //! (below half its bounds), tagging each batch with its spool sequence number; acknowledged sequence numbers flow
 //! back to the spooler so the spool can forget them. The spill lane has its own bound ([`SPILL_LANE_MAX_BYTES`]):
-//! past it (the disk does not keep up, or the spool is full under `block`) `spool_overflow` applies.
+//! past it (the disk does not keep up, or the spool is full under `block`) `spool_overflow` applies. While the spool
+//! is degraded (its disk fails), nothing spills: the queue is memory only, as without a spool, and batches the
+//! spooler could not write come back to memory if they fit.
 //!
 //! Invariants: the queue never holds more than its byte and line bounds (the priority lane and the spill lane have
 //! their own small bounds; batches handed back were already admitted and may exceed the bound only by what was in
@@ -199,16 +201,28 @@ impl Queue {
             self.stats.add_dropped(DropReason::Shutdown, n_lines as u64);
             return Pushed::Closed;
         }
+        let mut pushed = Pushed::Queued;
         if let Some(policy) = self.spill_policy {
-            let spills = policy.mode == SpoolMode::Always
+            if self.stats.spool_degraded.load(Ordering::Relaxed) {
+                // The disk fails: memory only, as without a spool (the destination paces senders again), ahead of
+                // what waits on disk. Losing order beats losing lines.
+                if !self.fits(&state, n_lines, n_bytes) {
+                    if policy.overflow == SpoolOverflow::Block {
+                        return Pushed::Full(batch);
+                    }
+                    drop(state);
+                    self.stats
+                        .add_dropped(DropReason::SpoolFull, n_lines as u64);
+                    return Pushed::Dropped;
+                }
+            } else if policy.mode == SpoolMode::Always
                 || state.spill.has_backlog()
                 || !self.stats.connected.load(Ordering::Relaxed)
-                || !self.fits(&state, n_lines, n_bytes);
-            if spills {
+                || !self.fits(&state, n_lines, n_bytes)
+            {
                 return self.spill(state, policy, batch);
             }
         }
-        let mut pushed = Pushed::Queued;
         if !self.fits(&state, n_lines, n_bytes) {
             match self.limits.overflow {
                 OverflowPolicy::DropNewest => {
@@ -534,6 +548,36 @@ impl Queue {
         self.publish_gauges(&state);
         drop(state);
         self.stats.add_dropped(reason, u64::from(batch.n_lines()));
+        self.wake_block_senders();
+    }
+
+    /// A batch taken by [`Queue::spooler_wait`] that the spool could not write (its disk fails): it joins the memory
+    /// part if that has room (ahead of what waits on disk), or is dropped and counted as `spool_full`.
+    pub fn spooler_fallback(&self, batch: Batch) {
+        let n_lines = batch.n_lines() as usize;
+        let n_bytes = batch.memory_bytes();
+        let mut state = self.state.lock();
+        let spill = &mut state.spill;
+        spill.n_writing -= 1;
+        spill.writing_lines -= n_lines;
+        spill.writing_bytes -= n_bytes;
+        // Its lines and bytes stay counted: they move from the lane's share to memory's.
+        state.n_lines -= n_lines;
+        state.n_bytes -= n_bytes;
+        let fits = self.fits(&state, n_lines, n_bytes);
+        if fits {
+            state.n_lines += n_lines;
+            state.n_bytes += n_bytes;
+            state.batches.push_back(batch);
+        }
+        self.publish_gauges(&state);
+        drop(state);
+        if fits {
+            self.data_ready.notify_one();
+        } else {
+            self.stats
+                .add_dropped(DropReason::SpoolFull, n_lines as u64);
+        }
         self.wake_block_senders();
     }
 

@@ -11,9 +11,12 @@
 //! sync"); the spooler never holds the queue's lock across a file operation. It wakes at least every [`TICK`] to pass
 //! acknowledgements on, `fdatasync` per `spool_sync`, and refresh the spool's gauges.
 //!
-//! Failures: a write that fails (disk full, read-only, I/O error) is counted in `spool_write_errors`, marks the
-//! spool degraded (`/health`), and the batch is dropped as `spool_full`, or, under `spool_overflow = "block"`, kept
-//! in the lane and retried every [`TICK`]; the next successful write clears the mark. Nothing here ends the relay.
+//! Failures: a write that fails (disk full, read-only, I/O error) is counted in `spool_write_errors` and marks the
+//! spool degraded (`/health`). The batch goes back to the queue's memory part if it fits (else it is dropped as
+//! `spool_full`), or, under `spool_overflow = "block"`, stays in the lane and is retried every [`TICK`]. While
+//! degraded, the queue spills nothing and the destination paces senders as one without a spool would, so a full disk
+//! costs a healthy destination nothing; a sync every [`DEGRADED_PROBE_INTERVAL`] finds out when the disk works again.
+//! Nothing here ends the relay.
 //!
 //! Shutdown ([`Queue::finish_spool`], after the writer stopped): the spooler writes everything memory holds that is
 //! not already on disk, syncs, writes the checkpoint, releases the lock and ends.
@@ -34,6 +37,9 @@ use crate::stats::{DestinationStats, DropReason, RateLimit};
 /// Longest the spooler sleeps without work: the delay before an acknowledgement reaches the spool, and the
 /// granularity of `spool_sync` intervals and of retries under `block`.
 pub const TICK: Duration = Duration::from_millis(100);
+
+/// How often a degraded spool is tried again (a sync and a checkpoint write) while nothing is written to it.
+const DEGRADED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Window over which the replay rate behind `drain_eta_secs` is measured.
 const DRAIN_RATE_WINDOW: Duration = Duration::from_secs(2);
@@ -75,6 +81,7 @@ struct Spooler<'a> {
     /// Set when a write was refused under `block`: the lane is retried on the next tick, not at once.
     blocked: bool,
     unsynced_since: Option<Instant>,
+    last_probe: Option<Instant>,
     drain_rate: DrainRate,
     log_limit: RateLimit,
 }
@@ -89,6 +96,7 @@ impl<'a> Spooler<'a> {
             acked_seq_end: 0,
             blocked: false,
             unsynced_since: None,
+            last_probe: None,
             drain_rate: DrainRate::default(),
             log_limit: RateLimit::default(),
         }
@@ -106,6 +114,7 @@ impl<'a> Spooler<'a> {
             }
             self.count_corrupt();
             self.sync_if_due();
+            self.probe_if_degraded();
             self.publish(0);
             if work.finishing {
                 self.finish();
@@ -127,7 +136,6 @@ impl<'a> Spooler<'a> {
         while let Some(batch) = batches.next() {
             match self.spool.append(batch.bytes(), batch.n_lines()) {
                 Ok(appended) => {
-                    self.stats.spool_degraded.store(false, Ordering::Relaxed);
                     self.count_evicted(appended.evicted_lines);
                     if self.settings.sync != SpoolSync::Batch && self.unsynced_since.is_none() {
                         self.unsynced_since = Some(Instant::now());
@@ -160,7 +168,8 @@ impl<'a> Spooler<'a> {
                     self.stats
                         .spool_write_errors
                         .fetch_add(1, Ordering::Relaxed);
-                    self.stats.spool_degraded.store(true, Ordering::Relaxed);
+                    // Degraded now, so that the queue stops spilling: it is memory only until a write works.
+                    self.publish(0);
                     if self.log_limit.allow() {
                         error!(destination = %self.settings.name, error = %err, "cannot write to the spool");
                     }
@@ -171,7 +180,7 @@ impl<'a> Spooler<'a> {
                         self.blocked = true;
                         break;
                     }
-                    self.queue.spooler_dropped(&batch, DropReason::SpoolFull);
+                    self.queue.spooler_fallback(batch);
                 }
             }
         }
@@ -243,13 +252,28 @@ impl<'a> Spooler<'a> {
         }
     }
 
+    /// While the spool is degraded, nothing is written to it (the queue keeps batches in memory), so a sync a second
+    /// is what finds out that the disk works again.
+    fn probe_if_degraded(&mut self) {
+        if self.spool.status().degraded
+            && self
+                .last_probe
+                .is_none_or(|probe| probe.elapsed() >= DEGRADED_PROBE_INTERVAL)
+        {
+            self.last_probe = Some(Instant::now());
+            self.sync();
+            if !self.spool.status().degraded {
+                info!(destination = %self.settings.name, "spool writable again");
+            }
+        }
+    }
+
     fn sync(&mut self) {
         self.unsynced_since = None;
         if let Err(err) = self.spool.sync() {
             self.stats
                 .spool_write_errors
                 .fetch_add(1, Ordering::Relaxed);
-            self.stats.spool_degraded.store(true, Ordering::Relaxed);
             if self.log_limit.allow() {
                 error!(destination = %self.settings.name, error = %err, "cannot sync the spool");
             }
@@ -260,6 +284,9 @@ impl<'a> Spooler<'a> {
     /// (at shutdown: they will be read again at the next start, so they count as spooled).
     fn publish(&mut self, n_lines_in_memory: u64) {
         let status = self.spool.status();
+        self.stats
+            .spool_degraded
+            .store(status.degraded, Ordering::Relaxed);
         let n_lines = status.unread_lines + n_lines_in_memory;
         self.stats
             .spool_bytes

@@ -76,10 +76,8 @@ impl Router {
             .iter()
             .map(|destination| Arc::clone(&destination.queue))
             .collect();
-        // A destination with a spool spills instead of making senders wait.
         let healths = destinations
             .into_iter()
-            .filter(|destination| !destination.queue.has_spool())
             .map(|destination| destination.health)
             .collect();
         let console_out = console_out.then(|| {

@@ -9,6 +9,9 @@
 //! slow one costs the others one `PACE_TIMEOUT`. When every destination is slower than the input, senders wait: TCP
 //! backpressure instead of loss.
 //!
+//! A destination with a working disk spool never holds senders and never counts as starving: it spills instead. If
+//! its disk fails, it paces like any other until the spool works again.
+//!
 //! Invariants: pacing never waits once shutdown has started (`draining`), never waits on a destination that is not
 //! healthy, and reads health without locks.
 
@@ -54,6 +57,9 @@ struct Paced {
 
 impl Paced {
     fn holds_senders(&self) -> bool {
+        if self.health.spills() {
+            return false;
+        }
         if !self.health.is_behind() {
             if !self.pacing.load(Ordering::Relaxed) && self.health.is_starving() {
                 self.pacing.store(true, Ordering::Relaxed);
@@ -125,11 +131,9 @@ impl Pacer {
     /// Stops the destinations that hold senders from pacing if another healthy destination is starving meanwhile:
     /// they are much slower than the rest. True if there were any.
     fn stop_pacing_slow_destinations(&self) -> bool {
-        if !self
-            .destinations
-            .iter()
-            .any(|paced| paced.health.is_healthy() && paced.health.is_starving())
-        {
+        if !self.destinations.iter().any(|paced| {
+            !paced.health.spills() && paced.health.is_healthy() && paced.health.is_starving()
+        }) {
             return false;
         }
         let mut any_stopped = false;
