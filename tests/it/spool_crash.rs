@@ -533,3 +533,110 @@ impl SpoolWatch {
         self.max_bytes.load(Ordering::SeqCst)
     }
 }
+
+/// A destination's spool on an 8 MiB tmpfs fills: its overflow is counted as `spool_full`, the other destination gets
+/// every line, and once the destination is back the spool drains and `degraded` clears. `--features peers`: it needs
+/// `unshare -rm` (a user and mount namespace, where mounting a tmpfs needs no privilege), which the relay runs under.
+#[cfg(feature = "peers")]
+#[tokio::test]
+async fn disk_full_on_a_small_tmpfs_counts_spool_full_and_recovers() {
+    use crate::support::{distinct_lines, send, Sink};
+
+    let mount_point = tempfile::tempdir().expect("mount point");
+    let mount_path = mount_point.path().to_str().expect("utf-8 path").to_string();
+    let dead_address = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("address")
+    };
+    let live = Sink::start().await;
+    let destinations = format!("{dead_address},{}", live.address());
+    let mount_then_exec =
+        format!("mount -t tmpfs -o size=8m tmpfs '{mount_path}' && exec \"$0\" \"$@\"");
+    let mut relay = RelayProcess::start_under(
+        &["unshare", "-rm", "sh", "-c", &mount_then_exec],
+        &[
+            "-destinations",
+            &destinations,
+            "-spool-dir",
+            &mount_path,
+            "-spool-mode",
+            "overflow",
+            "-queue-max-bytes",
+            "1MiB",
+            "-stats-addr",
+            "127.0.0.1:0",
+        ],
+    );
+    let stats_address = relay.stats_address();
+    let has_spool = get_stats(stats_address).await["destinations"][0]["spool"].is_object();
+
+    // About 16 MB of lines, twice what the tmpfs holds.
+    let n_connections = 40;
+    let n_lines_per_connection = 10_000;
+    for connection in 0..n_connections {
+        send(
+            relay.listen_address,
+            &distinct_lines(connection, n_lines_per_connection),
+        )
+        .await;
+    }
+    let n_lines = (n_connections * n_lines_per_connection) as u64;
+    eventually("the live destination gets every line", || {
+        live.n_lines() as u64 == n_lines
+    })
+    .await;
+    let full = settled_stats(stats_address, "the dead destination's lines settle", |_| {
+        true
+    })
+    .await;
+    let full_counts = Counts::of(&full);
+    assert_eq!(full_counts.received, n_lines);
+    full_counts.assert_add_up("with the spool full");
+    let dead = &full["destinations"][0];
+    if !has_spool {
+        eprintln!(
+            "disk full: this binary has no spool (`spool` null in /stats): the dead destination dropped {} lines \
+             as queue_full",
+            dead["dropped"]["queue_full"]
+        );
+        assert!(dead["dropped"]["queue_full"].as_u64().expect("queue_full") > 0);
+        return;
+    }
+    assert!(
+        dead["dropped"]["spool_full"].as_u64().expect("spool_full") > 0,
+        "a full tmpfs dropped nothing as spool_full: {dead:#}"
+    );
+    assert!(
+        dead["spool"]["write_errors"]
+            .as_u64()
+            .expect("write_errors")
+            > 0
+    );
+    assert_eq!(dead["spool"]["degraded"], true, "{dead:#}");
+
+    let back = Sink::start_on(dead_address).await;
+    let drained = settled_stats(
+        stats_address,
+        "the spool drains and recovers",
+        |destination| {
+            destination["queued_lines"] == 0
+                && spool_lines(destination) == 0
+                && destination["spool"]["degraded"] == false
+        },
+    )
+    .await;
+    let drained_counts = Counts::of(&drained);
+    drained_counts.assert_add_up("once drained");
+    let later = settled_stats(stats_address, "the counts stay put", |_| true).await;
+    assert_eq!(
+        later["destinations"][0]["spool"]["write_errors"],
+        drained["destinations"][0]["spool"]["write_errors"],
+        "spool writes failed after the disk had room again"
+    );
+    eventually("the returned destination reads what was sent", || {
+        back.n_lines() as u64 >= drained_counts.sent - full_counts.sent
+    })
+    .await;
+    relay.signal("TERM");
+    assert_eq!(relay.wait().code(), Some(0));
+}
