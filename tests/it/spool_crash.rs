@@ -74,8 +74,10 @@ async fn kill_9_in_always_mode_loses_no_line_handed_over_a_second_before() {
     ];
     let mut relay = RelayProcess::start(&args);
     let listen_address = relay.listen_address;
-    // `spool` is null for a destination without one.
+    // `spool` is null for a destination without one. Before the spool existed, this test saw thousands of owed
+    // lines lost per run with the same schedule, at about one kill in three: it can fail.
     let has_spool = get_stats(relay.stats_address()).await["destinations"][0]["spool"].is_object();
+    assert!(has_spool, "the destination has no spool");
     let spool_watch = SpoolWatch::start(spool_dir.path());
     let clients = Clients::start(listen_address, seed);
 
@@ -120,10 +122,13 @@ async fn kill_9_in_always_mode_loses_no_line_handed_over_a_second_before() {
     let held_counts = Counts::of(&held).since(&replay_counts);
     assert_eq!(held_counts.received, u64::from(n_final_lines));
     held_counts.assert_add_up("while the destination stalls");
-    if has_spool {
+    {
+        // In `always` mode every batch is on disk before it is sent; `spool.lines` counts only lines not yet read
+        // back into memory, so the bytes are what shows it.
+        let spool_bytes = held["destinations"][0]["spool"]["bytes"].as_u64();
         assert!(
-            held_counts.spooled > 0,
-            "nothing spooled while the destination stalls: {held_counts:?}"
+            spool_bytes.is_some_and(|n_bytes| n_bytes > 0),
+            "nothing on disk while the destination stalls: {held:#}"
         );
     }
     sink.resume();
@@ -193,25 +198,13 @@ async fn kill_9_in_always_mode_loses_no_line_handed_over_a_second_before() {
         owed.len() > N_ROUNDS,
         "too few connections closed a second before a kill to test anything"
     );
-    if has_spool {
-        let escaped = destination.replace(':', "%3A");
-        assert!(
-            spool_dir.path().join(&escaped).is_dir(),
-            "no spool directory {escaped} in {}",
-            spool_dir.path().display()
-        );
-        assert_eq!(n_lost, 0, "lines lost to kill -9 (seed {seed})");
-    } else {
-        // Until the spool exists this proves the harness: a kill loses what the memory queue held.
-        eprintln!(
-            "spool crash loop: this binary has no spool (no `spool` in /stats): {n_lost} owed lines were lost, \
-             as they must be without one"
-        );
-        assert!(
-            n_lost > 0,
-            "without a spool the kills lost nothing: the harness cannot see a loss (seed {seed})"
-        );
-    }
+    let escaped = destination.replace(':', "%3A");
+    assert!(
+        spool_dir.path().join(&escaped).is_dir(),
+        "no spool directory {escaped} in {}",
+        spool_dir.path().display()
+    );
+    assert_eq!(n_lost, 0, "lines lost to kill -9 (seed {seed})");
 }
 
 /// The seed of a run: `POLYMUR_CRASH_SEED`, or the clock.
@@ -581,27 +574,18 @@ async fn disk_full_on_a_small_tmpfs_counts_spool_full_and_recovers() {
         .await;
     }
     let n_lines = (n_connections * n_lines_per_connection) as u64;
-    eventually("the live destination gets every line", || {
-        live.n_lines() as u64 == n_lines
-    })
-    .await;
-    let full = settled_stats(stats_address, "the dead destination's lines settle", |_| {
-        true
-    })
-    .await;
+    let full = settled_stats(stats_address, "the lines settle", |_| true).await;
+    assert_eq!(
+        live.n_lines() as u64,
+        n_lines,
+        "the live destination lost lines: {:#}",
+        full["destinations"][1]
+    );
     let full_counts = Counts::of(&full);
     assert_eq!(full_counts.received, n_lines);
     full_counts.assert_add_up("with the spool full");
     let dead = &full["destinations"][0];
-    if !has_spool {
-        eprintln!(
-            "disk full: this binary has no spool (`spool` null in /stats): the dead destination dropped {} lines \
-             as queue_full",
-            dead["dropped"]["queue_full"]
-        );
-        assert!(dead["dropped"]["queue_full"].as_u64().expect("queue_full") > 0);
-        return;
-    }
+    assert!(has_spool, "the dead destination has no spool");
     assert!(
         dead["dropped"]["spool_full"].as_u64().expect("spool_full") > 0,
         "a full tmpfs dropped nothing as spool_full: {dead:#}"
