@@ -9,6 +9,8 @@ mod cli;
 mod process;
 // Memory of the real binary against what its queues count.
 mod memory;
+// The disk spool against kill -9: the real binary killed and restarted in a loop, every handed-over line delivered.
+mod spool_crash;
 // Lines in, lines out: fan-out, batching, validation end to end.
 mod pipeline;
 // Destinations failing: stalled, down at start, killed and restarted.

@@ -1,5 +1,6 @@
 //! Test support: the relay started in process on port 0, counting destinations, and waiting helpers.
 
+pub mod crash;
 pub mod process;
 
 use std::net::SocketAddr;

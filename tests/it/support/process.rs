@@ -41,8 +41,28 @@ impl RelayProcess {
         RelayProcess::start_with(args, true)
     }
 
+    /// Starts the binary as [`RelayProcess::start`] does, through `wrapper`: the program and arguments that run it,
+    /// given the binary's path and its arguments after them (`unshare -rm sh -c 'mount ... && exec "$0" "$@"'`).
+    #[cfg_attr(not(feature = "peers"), allow(dead_code))] // Only the peer tests use it.
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> RelayProcess {
+        let (program, wrapper_args) = wrapper.split_first().expect("a wrapper program");
+        let mut command = Command::new(program);
+        command
+            .args(wrapper_args)
+            .arg(env!("CARGO_BIN_EXE_polymur"));
+        RelayProcess::start_command(command, args, false)
+    }
+
     fn start_with(args: &[&str], unread_stdout: bool) -> RelayProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_polymur"))
+        RelayProcess::start_command(
+            Command::new(env!("CARGO_BIN_EXE_polymur")),
+            args,
+            unread_stdout,
+        )
+    }
+
+    fn start_command(mut command: Command, args: &[&str], unread_stdout: bool) -> RelayProcess {
+        let mut child = command
             .args([
                 "-listen-addr",
                 "127.0.0.1",
