@@ -13,8 +13,8 @@
 //! (below half its bounds), tagging each batch with its spool sequence number; acknowledged sequence numbers flow
 //! back to the spooler so the spool can forget them. The spill lane has its own bound ([`SPILL_LANE_MAX_BYTES`]):
 //! past it (the disk does not keep up, or the spool is full under `block`) `spool_overflow` applies. While the spool
-//! is degraded (its disk fails), nothing spills: the queue is memory only, as without a spool, and batches the
-//! spooler could not write come back to memory if they fit.
+//! is degraded (its disk fails), nothing spills: the queue is memory only, as without a spool, and the batches the
+//! spooler could not write come back to memory.
 //!
 //! Invariants: the queue never holds more than its byte and line bounds (the priority lane and the spill lane have
 //! their own small bounds; batches handed back were already admitted and may exceed the bound only by what was in
@@ -205,8 +205,10 @@ impl Queue {
         if let Some(policy) = self.spill_policy {
             if self.stats.spool_degraded.load(Ordering::Relaxed) {
                 // The disk fails: memory only, as without a spool (the destination paces senders again), ahead of
-                // what waits on disk. Losing order beats losing lines.
-                if !self.fits(&state, n_lines, n_bytes) {
+                // what waits on disk (losing order beats losing lines), within the memory budget of the queue and
+                // the spill lane together, which is unused now and whose batches came back to memory.
+                let max_bytes = self.limits.max_bytes.saturating_add(SPILL_LANE_MAX_BYTES);
+                if !self.fits_within(&state, n_lines, n_bytes, max_bytes) {
                     if policy.overflow == SpoolOverflow::Block {
                         return Pushed::Full(batch);
                     }
@@ -222,8 +224,7 @@ impl Queue {
             {
                 return self.spill(state, policy, batch);
             }
-        }
-        if !self.fits(&state, n_lines, n_bytes) {
+        } else if !self.fits(&state, n_lines, n_bytes) {
             match self.limits.overflow {
                 OverflowPolicy::DropNewest => {
                     drop(state);
@@ -473,11 +474,16 @@ impl Queue {
 
     /// True when the memory part (queued and in flight, not the spill lane) has room for the batch.
     fn fits(&self, state: &State, n_lines: usize, n_bytes: usize) -> bool {
+        self.fits_within(state, n_lines, n_bytes, self.limits.max_bytes)
+    }
+
+    /// As [`Queue::fits`], against `max_bytes` instead of the queue's byte bound.
+    fn fits_within(&self, state: &State, n_lines: usize, n_bytes: usize, max_bytes: usize) -> bool {
         let (memory_lines, memory_bytes) = memory_part(state);
         // An empty queue always takes one batch, so a batch larger than the bound cannot wedge it.
         memory_bytes == 0
             || (memory_lines + n_lines <= self.limits.max_lines
-                && memory_bytes + n_bytes <= self.limits.max_bytes)
+                && memory_bytes + n_bytes <= max_bytes)
     }
 
     /// True when the memory part is below half its bounds: records read back from the spool go there, leaving the
@@ -551,33 +557,20 @@ impl Queue {
         self.wake_block_senders();
     }
 
-    /// A batch taken by [`Queue::spooler_wait`] that the spool could not write (its disk fails): it joins the memory
-    /// part if that has room (ahead of what waits on disk), or is dropped and counted as `spool_full`.
+    /// A batch taken by [`Queue::spooler_wait`] that the spool could not write (its disk fails) joins the memory
+    /// part, ahead of what waits on disk, whatever its bounds: it was admitted already, and the spill lane it came
+    /// from is bounded, so memory exceeds `max_bytes` by at most [`SPILL_LANE_MAX_BYTES`], once. New batches find the
+    /// spool degraded and are bounded as without a spool.
     pub fn spooler_fallback(&self, batch: Batch) {
-        let n_lines = batch.n_lines() as usize;
-        let n_bytes = batch.memory_bytes();
         let mut state = self.state.lock();
         let spill = &mut state.spill;
         spill.n_writing -= 1;
-        spill.writing_lines -= n_lines;
-        spill.writing_bytes -= n_bytes;
-        // Its lines and bytes stay counted: they move from the lane's share to memory's.
-        state.n_lines -= n_lines;
-        state.n_bytes -= n_bytes;
-        let fits = self.fits(&state, n_lines, n_bytes);
-        if fits {
-            state.n_lines += n_lines;
-            state.n_bytes += n_bytes;
-            state.batches.push_back(batch);
-        }
-        self.publish_gauges(&state);
+        spill.writing_lines -= batch.n_lines() as usize;
+        spill.writing_bytes -= batch.memory_bytes();
+        // Its lines and bytes stay counted in `n_lines` and `n_bytes`: they move from the lane's share to memory's.
+        state.batches.push_back(batch);
         drop(state);
-        if fits {
-            self.data_ready.notify_one();
-        } else {
-            self.stats
-                .add_dropped(DropReason::SpoolFull, n_lines as u64);
-        }
+        self.data_ready.notify_one();
         self.wake_block_senders();
     }
 

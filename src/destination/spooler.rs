@@ -12,8 +12,8 @@
 //! acknowledgements on, `fdatasync` per `spool_sync`, and refresh the spool's gauges.
 //!
 //! Failures: a write that fails (disk full, read-only, I/O error) is counted in `spool_write_errors` and marks the
-//! spool degraded (`/health`). The batch goes back to the queue's memory part if it fits (else it is dropped as
-//! `spool_full`), or, under `spool_overflow = "block"`, stays in the lane and is retried every [`TICK`]. While
+//! spool degraded (`/health`). The batch goes back to the queue's memory part, or, under
+//! `spool_overflow = "block"`, stays in the lane and is retried every [`TICK`]. While
 //! degraded, the queue spills nothing and the destination paces senders as one without a spool would, so a full disk
 //! costs a healthy destination nothing; a sync every [`DEGRADED_PROBE_INTERVAL`] finds out when the disk works again.
 //! Nothing here ends the relay.

@@ -94,6 +94,14 @@ pub use fs::{Fs, FsFile, RealFs};
 /// The name of the lock file in a spool directory.
 pub const LOCK_FILE_NAME: &str = "lock";
 
+/// A file of [`RESERVE_BYTES`] that keeps a little space back: on a full disk it is deleted so that a checkpoint can
+/// still be written, and with it the acknowledged segments deleted, which is what gives the space back. It is made
+/// again once a sync succeeds. It does not count against the cap.
+pub const RESERVE_FILE_NAME: &str = "reserve";
+
+/// Size of the reserve file: far more than a checkpoint needs (24 bytes, one block) on any file system.
+pub const RESERVE_BYTES: usize = 64 * 1024;
+
 /// How one destination's spool is set up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
@@ -232,6 +240,8 @@ pub struct Spool<F: Fs = RealFs> {
     next_segment_id: u64,
     acked: u64,
     checkpointed: u64,
+    /// The reserve file exists.
+    has_reserve: bool,
     bytes: u64,
     buf: Vec<u8>,
     corrupt_lines: u64,
@@ -334,6 +344,7 @@ impl<F: Fs> Spool<F> {
             next_segment_id: 0,
             acked,
             checkpointed: acked,
+            has_reserve: false,
             bytes: 0,
             buf: Vec::new(),
             corrupt_lines: 0,
@@ -341,6 +352,7 @@ impl<F: Fs> Spool<F> {
             degraded: false,
         };
         let recovered = spool.recover()?;
+        spool.ensure_reserve();
         Ok((spool, recovered))
     }
 
@@ -912,16 +924,48 @@ impl<F: Fs> Spool<F> {
         if self.checkpointed != self.acked {
             self.write_checkpoint()?;
         }
-        self.delete_acked_segments()
+        self.delete_acked_segments()?;
+        self.ensure_reserve();
+        Ok(())
+    }
+
+    /// Makes the reserve file if it is missing; a disk without room for it simply has none for now.
+    fn ensure_reserve(&mut self) {
+        if self.has_reserve {
+            return;
+        }
+        let path = self.settings.dir.join(RESERVE_FILE_NAME);
+        let made = self
+            .fs
+            .create(&path)
+            .and_then(|mut file| file.append(&[0; RESERVE_BYTES]));
+        match made {
+            Ok(()) => self.has_reserve = true,
+            Err(_) => {
+                let _ = self.fs.remove(&path);
+            }
+        }
     }
 
     fn write_checkpoint(&mut self) -> Result<(), Error> {
-        checkpoint::write(&self.fs, &self.settings.dir, self.acked).map_err(|(path, source)| {
-            Error::Io {
-                action: "write spool checkpoint",
-                path,
-                source,
+        let mut written = checkpoint::write(&self.fs, &self.settings.dir, self.acked);
+        if let Err((_, source)) = &written {
+            // A full disk: give the reserve back and try again.
+            if source.raw_os_error() == Some(libc::ENOSPC) && self.has_reserve {
+                self.has_reserve = false;
+                if self
+                    .fs
+                    .remove(&self.settings.dir.join(RESERVE_FILE_NAME))
+                    .is_ok()
+                {
+                    written = checkpoint::write(&self.fs, &self.settings.dir, self.acked);
+                }
             }
+        }
+        written.map_err(|(path, source)| Error::Io {
+            action: "write spool checkpoint",
+            path,
+            source,
         })?;
         self.checkpointed = self.acked;
         Ok(())
@@ -929,6 +973,21 @@ impl<F: Fs> Spool<F> {
 
     /// Deletes the oldest segments while they are sealed and wholly acknowledged, after a durable checkpoint.
     fn delete_acked_segments(&mut self) -> Result<(), Error> {
+        // A writing segment wholly acknowledged is sealed (the next append starts a new one) once it is half full, or
+        // at once while the disk fails: acknowledged data must not hold the space a full disk needs back.
+        if let Some(last) = self.segments.back() {
+            let retire = self.writing.is_some()
+                && last.n_records > 0
+                && last.end_seq <= self.acked
+                && (self.degraded || last.len >= self.segment_bytes / 2);
+            if retire {
+                // Durable first: then nothing in it needs its data synced, and it can go like any sealed segment.
+                if self.checkpointed < last.end_seq {
+                    self.write_checkpoint()?;
+                }
+                self.writing = None;
+            }
+        }
         let sealed = self.segments.len() - usize::from(self.writing.is_some());
         let n_acked = self
             .segments

@@ -467,7 +467,11 @@ async fn settled_stats(
         if condition(&stats["destinations"][0]) && previous == Some(counts) {
             return stats;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for: {what}: {:#}",
+            stats["destinations"][0]
+        );
         previous = Some(counts);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

@@ -159,8 +159,8 @@ fn acknowledged_segments_are_deleted_and_sequence_numbers_survive_their_deletion
     );
     assert_eq!(read_all(&mut spool).len(), 3);
     spool.ack(12);
-    // The segment being written stays; the other two went after a checkpoint.
-    assert_eq!(spool.status().segments, 1);
+    // All three went after a checkpoint, the one being written too: it was wholly acknowledged and over half full.
+    assert_eq!(spool.status().segments, 0);
     assert_eq!(checkpoint::read(&fs, dir), Some(12));
     spool.close().expect("close");
     let (mut spool, recovered) = Spool::open_with_segment_bytes(
@@ -252,6 +252,48 @@ fn a_full_disk_degrades_the_spool_until_space_returns() {
         [&batch("a", 2)[..], &batch("c", 2)[..]],
         "the half-written record was taken back out"
     );
+}
+
+#[test]
+fn acknowledged_data_leaves_the_disk_even_from_the_writing_segment_once_a_checkpoint_is_durable() {
+    let fs = FaultyFs::new();
+    let dir = Path::new("/spool");
+    let (mut spool, _) = Spool::open_with(
+        fs.clone(),
+        settings(dir, 1 << 20, SpoolOverflow::DropNewest),
+    )
+    .expect("open");
+    assert_eq!(
+        fs.contents(&dir.join(RESERVE_FILE_NAME))
+            .map(|bytes| bytes.len()),
+        Some(RESERVE_BYTES),
+        "a reserve is kept back"
+    );
+    spool.append(&batch("a", 2), 2).expect("append");
+    spool.append(&batch("b", 3), 3).expect("append");
+    fs.set_disk_full(true);
+    spool.append(&batch("c", 2), 2).expect_err("disk full");
+    assert!(spool.status().degraded);
+    assert_eq!(read_all(&mut spool).len(), 2);
+    spool.ack(5);
+    // No checkpoint can be written (this file layer refuses every write while full), so nothing goes yet.
+    assert!(spool.status().bytes > 0);
+    fs.set_disk_full(false);
+    spool.sync().expect("room again");
+    assert!(!spool.status().degraded);
+    assert_eq!(
+        (spool.status().bytes, spool.status().segments),
+        (0, 0),
+        "nothing acknowledged stays on disk, the segment being written included"
+    );
+    assert_eq!(
+        spool.append(&batch("d", 1), 1).expect("append").first_seq,
+        5,
+        "sequence numbers go on"
+    );
+    let records = read_all(&mut spool);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].first_seq, 5);
 }
 
 #[test]
