@@ -34,7 +34,7 @@ class Clients:
         self.stop_flag = threading.Event()
         self.lock = threading.Lock()
         self.next_id = 0
-        self.connections = {}  # id -> (n_lines, closed_at or None)
+        self.connections = {}  # id -> (n_lines, opened_at, closed_at or None)
         self.threads = [threading.Thread(target=self._run, args=(rate / n_threads, max_lines, seed + i), daemon=True)
                         for i in range(n_threads)]
         for thread in self.threads:
@@ -48,6 +48,7 @@ class Clients:
             if ahead > 0:
                 time.sleep(ahead)
             n = rng.randint(1, max_lines)
+            opened_at = time.monotonic()
             try:
                 sock = common.socket.create_connection(("127.0.0.1", self.port), timeout=10)
             except OSError:
@@ -67,7 +68,7 @@ class Clients:
             finally:
                 sock.close()
             with self.lock:
-                self.connections[conn_id] = (n, closed_at)
+                self.connections[conn_id] = (n, opened_at, closed_at)
             next_at += n / rate
 
     def stop(self):
@@ -129,13 +130,15 @@ def main():
     threading.Thread(target=watch, daemon=True).start()
 
     clients = Clients(port, args.rate, args.max_lines_per_connection, seed)
-    kills = []
+    kills = []  # when each SIGKILL was sent
+    kills_done = []  # when that relay was gone
     failed_restarts = 0
     connections = {}
     for round_ in range(args.rounds):
         time.sleep(rng.uniform(args.min_life_secs, args.max_life_secs))
         kills.append(time.monotonic())
         relay.kill()
+        kills_done.append(time.monotonic())
         if round_ == args.rounds - 1:
             connections = clients.stop()
             stop_schedule.set()
@@ -165,8 +168,10 @@ def main():
     watching.set()
 
     owed = {}
-    for conn_id, (n, closed_at) in connections.items():
-        if closed_at is None:
+    for conn_id, (n, opened_at, closed_at) in connections.items():
+        # A kill closes the connections it cuts, and the client sees that close like the relay's own: a connection
+        # that spans a kill is not a handover, only one that lived within one run of the relay is.
+        if closed_at is None or any(opened_at < done and kill <= closed_at for kill, done in zip(kills, kills_done)):
             continue
         next_kill = next((k for k in kills if k > closed_at), None)
         if next_kill is None or next_kill - closed_at >= args.handover_secs:
@@ -182,7 +187,7 @@ def main():
     summary = {
         "bench": "spool_crash_loop", "relay": args.relay, "mode": args.mode, "seed": seed, "has_spool": has_spool,
         "rounds": args.rounds, "connections": len(connections),
-        "lines_sent": sum(n for n, _ in connections.values()), "lines_owed": n_owed, "lines_lost": lost,
+        "lines_sent": sum(n for n, _, _ in connections.values()), "lines_owed": n_owed, "lines_lost": lost,
         "duplicates": sum(c - 1 for c in counts.values() if c > 1), "malformed": len(malformed),
         "malformed_examples": malformed[:3], "failed_restarts": failed_restarts,
         "max_spool_bytes": max_spool[0], "spool_max_bytes": args.spool_max_bytes,

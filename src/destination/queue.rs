@@ -38,11 +38,16 @@ use crate::stats::{DestinationStats, DropReason};
 /// Bytes the priority lane (self-metrics) may hold before its oldest batch is dropped.
 pub const PRIORITY_MAX_BYTES: usize = 1024 * 1024;
 
-/// Bytes of batches waiting to be written to the spool. The spooler writes to the page cache, far faster than any
-/// input, so the lane stays nearly empty; it fills only while the disk fails or stalls, or while a full spool makes
-/// senders wait (`spool_overflow = "block"`). It is memory on top of `queue_max_bytes`, 4 MiB per spooled
-/// destination: enough for hundreds of batches of headroom, small next to the queue.
+/// Bytes of batches waiting to be written to the spool. It fills when the input is faster than the disk path (the
+/// spooler writes and reads back each batch), while the disk stalls, or while a full spool makes senders wait
+/// (`spool_overflow = "block"`). It is memory on top of `queue_max_bytes`, 4 MiB per spooled destination: enough
+/// for hundreds of batches of headroom, small next to the queue.
 pub const SPILL_LANE_MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// How long the spooler may go without taking batches from a full spill lane before the lane counts as stalled
+/// (a hung disk): until then senders wait for it, as pacing does, since the spool is not full but only slower than
+/// the input; after it, `spool_overflow` applies, so a hung disk costs senders at most this per batch.
+pub const SPILL_LANE_STALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// The bounds and policy of a queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,6 +145,10 @@ struct Spill {
     acked_seq_end: u64,
     /// Set at the end of shutdown, after the writer stopped.
     finishing: bool,
+    /// When the spooler last took batches from the lane (or the lane was last empty).
+    lane_taken_at: Option<std::time::Instant>,
+    /// A sender was told to wait for room in the lane: the spooler wakes senders when it takes the lane.
+    lane_waiters: bool,
 }
 
 impl Spill {
@@ -283,7 +292,13 @@ impl Queue {
     ) -> Pushed {
         let n_bytes = batch.memory_bytes();
         if !state.spill.lane.is_empty() && state.spill.lane_bytes + n_bytes > SPILL_LANE_MAX_BYTES {
-            if policy.overflow == SpoolOverflow::Block {
+            // The disk path is slower than the input: wait for it, as for a slow destination, unless it stalled.
+            let stalled = state
+                .spill
+                .lane_taken_at
+                .is_some_and(|taken_at| taken_at.elapsed() >= SPILL_LANE_STALL_TIMEOUT);
+            if policy.overflow == SpoolOverflow::Block || !stalled {
+                state.spill.lane_waiters = true;
                 return Pushed::Full(batch);
             }
             drop(state);
@@ -293,6 +308,9 @@ impl Queue {
         }
         state.n_lines += batch.n_lines() as usize;
         state.n_bytes += n_bytes;
+        if state.spill.lane.is_empty() {
+            state.spill.lane_taken_at = Some(std::time::Instant::now());
+        }
         state.spill.lane_lines += batch.n_lines() as usize;
         state.spill.lane_bytes += n_bytes;
         state.spill.lane.push_back(batch);
@@ -521,6 +539,8 @@ impl Queue {
             };
         }
         let spill = &mut state.spill;
+        let wake_senders = std::mem::take(&mut spill.lane_waiters);
+        spill.lane_taken_at = Some(std::time::Instant::now());
         spill.n_writing += spill.lane.len();
         spill.lane_lines = 0;
         spill.lane_bytes = 0;
@@ -529,11 +549,16 @@ impl Queue {
             spill.writing_bytes += batch.memory_bytes();
             to_write.push(batch);
         }
-        SpoolWork {
+        let work = SpoolWork {
             acked_seq_end: state.spill.acked_seq_end,
             replay_room: state.spill.n_unread_records > 0 && self.has_replay_room(&state),
             finishing: state.spill.finishing,
+        };
+        drop(state);
+        if wake_senders {
+            self.room.notify_waiters();
         }
+        work
     }
 
     /// A batch taken by [`Queue::spooler_wait`] is on disk: it leaves the memory accounting.
@@ -940,12 +965,10 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_full_spill_lane_applies_spool_overflow() {
+    async fn a_full_spill_lane_makes_senders_wait_for_the_disk_and_applies_spool_overflow_once_it_stalls(
+    ) {
         let line = format!("big {} 1\n", "1".repeat(60_000));
-        for (policy, expected_drops) in [
-            (SpoolOverflow::DropNewest, true),
-            (SpoolOverflow::Block, false),
-        ] {
+        for policy in [SpoolOverflow::DropNewest, SpoolOverflow::Block] {
             let queue = spilling_queue(SpoolMode::Always, policy, 0);
             let mut n_pushed = 0;
             let refused = loop {
@@ -955,15 +978,24 @@ mod tests {
                 }
             };
             assert_eq!(n_pushed, SPILL_LANE_MAX_BYTES / charged(line.len()));
+            assert!(
+                matches!(refused, Pushed::Full(_)),
+                "{policy:?}: the spool is not full, the disk is only slower: wait"
+            );
+            // The spooler takes the lane: room again.
+            assert_eq!(take_lane(&queue).len(), n_pushed);
+            assert_eq!(queue.push(batch(&line)), Pushed::Spilled);
+            while queue.push(batch(&line)) == Pushed::Spilled {}
+            // Now the spooler takes nothing for longer than the stall timeout: a hung disk.
+            std::thread::sleep(SPILL_LANE_STALL_TIMEOUT + Duration::from_millis(50));
+            let refused = queue.push(batch(&line));
             match policy {
                 SpoolOverflow::Block => assert!(matches!(refused, Pushed::Full(_))),
                 _ => assert_eq!(refused, Pushed::Dropped),
             }
-            assert_eq!(
-                queue.stats().dropped_lines[DropReason::SpoolFull as usize].load(Ordering::Relaxed)
-                    > 0,
-                expected_drops
-            );
+            let n_dropped =
+                queue.stats().dropped_lines[DropReason::SpoolFull as usize].load(Ordering::Relaxed);
+            assert_eq!(n_dropped > 0, policy != SpoolOverflow::Block, "{policy:?}");
         }
     }
 

@@ -29,6 +29,10 @@ use crate::stats::{DropReason, Registry};
 use console_out::ConsoleOut;
 use pacing::Pacer;
 
+/// How often a sender waiting for room (`block`, or a spill lane the disk has not taken yet) pushes again even
+/// without a wake-up: a lane whose disk stalled then drops by its policy instead of holding the sender.
+const BLOCK_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What a [`Router`] is built from.
 #[derive(Debug)]
 pub struct RouterConfig {
@@ -167,6 +171,8 @@ impl Router {
                     return;
                 }
                 () = room => {}
+                // A spill lane whose disk stalls drops instead of waiting; pushing again is what finds out.
+                () = tokio::time::sleep(BLOCK_RECHECK) => {}
             }
         }
     }

@@ -81,7 +81,9 @@ async fn kill_9_in_always_mode_loses_no_line_handed_over_a_second_before() {
     let spool_watch = SpoolWatch::start(spool_dir.path());
     let clients = Clients::start(listen_address, seed);
 
+    // When each kill was sent, and when the relay was gone.
     let mut kills = Vec::with_capacity(N_ROUNDS);
+    let mut kills_done = Vec::with_capacity(N_ROUNDS);
     let mut clients = Some(clients);
     let mut connections = BTreeMap::new();
     for round in 0..N_ROUNDS {
@@ -89,9 +91,11 @@ async fn kill_9_in_always_mode_loses_no_line_handed_over_a_second_before() {
         let lifetime = Duration::from_millis(rng.random_range(500..3000));
         tokio::time::sleep(lifetime).await;
         spool_watch.check(&format!("before kill {round}"));
-        kills.push(Instant::now());
+        let killed_at = Instant::now();
         relay.signal("KILL");
         relay.wait();
+        kills.push(killed_at);
+        kills_done.push(Instant::now());
         if round == N_ROUNDS - 1 {
             // The last run starts with no client, so its counters hold only the replay, then the lines below.
             connections = clients
@@ -116,6 +120,7 @@ async fn kill_9_in_always_mode_loses_no_line_handed_over_a_second_before() {
     let replay_counts = Counts::of(&replayed);
     sink.stall();
     let n_final_lines = 20_000u32;
+    let final_opened_at = Instant::now();
     let final_connection = send_numbered(listen_address, u32::MAX, n_final_lines)
         .expect("the last run takes a connection");
     let held = settled_stats(stats_address, "the new lines wait", |_| true).await;
@@ -156,10 +161,11 @@ async fn kill_9_in_always_mode_loses_no_line_handed_over_a_second_before() {
         u32::MAX,
         ClientConnection {
             n_lines: n_final_lines,
+            opened_at: final_opened_at,
             closed_at: Some(final_connection),
         },
     );
-    let owed = owed_lines(&connections, &kills);
+    let owed = owed_lines(&connections, &kills, &kills_done);
     let n_owed: u64 = owed.values().map(|&n| u64::from(n)).sum();
     eventually("the destination read every line owed", || {
         sink.n_lines() as u64 >= n_owed
@@ -177,6 +183,22 @@ async fn kill_9_in_always_mode_loses_no_line_handed_over_a_second_before() {
             })
         })
         .count();
+    for (id, n_lost_lines) in lost.iter().take(8) {
+        let connection = &connections[id];
+        let closed_at = connection.closed_at.expect("owed connections closed");
+        let previous_kill = kills
+            .iter()
+            .rev()
+            .find(|&&kill| kill <= connection.opened_at);
+        let next_kill = kills.iter().find(|&&kill| kill > closed_at);
+        eprintln!(
+            "lost: connection {id}: {n_lost_lines} of {} lines; opened {:?} after the kill before, open for {:?}, closed {:?} before the next kill",
+            connection.n_lines,
+            previous_kill.map(|&kill| connection.opened_at - kill),
+            closed_at - connection.opened_at,
+            next_kill.map(|&kill| kill - closed_at),
+        );
+    }
     let max_spool_bytes = spool_watch.stop();
     eprintln!(
         "spool crash loop: seed {seed}, {N_ROUNDS} kills, {} client connections ({} closed, {} owed), \
@@ -224,6 +246,8 @@ fn seed() -> u64 {
 #[derive(Debug, Clone, Copy)]
 struct ClientConnection {
     n_lines: u32,
+    /// Just before the client connected.
+    opened_at: Instant,
     /// When the client saw the relay close the connection after its own close: the relay had then read every line
     /// and handed the last batch on. `None` when the connection failed.
     closed_at: Option<Instant>,
@@ -259,6 +283,7 @@ impl Clients {
                             std::thread::sleep(ahead);
                         }
                         let n_lines = rng.random_range(1..=MAX_LINES_PER_CONNECTION);
+                        let opened_at = Instant::now();
                         let Ok(mut stream) = TcpStream::connect(address) else {
                             // The relay is down: retry soon.
                             std::thread::sleep(Duration::from_millis(5));
@@ -267,9 +292,14 @@ impl Clients {
                         let id = u32::try_from(NEXT_CONNECTION.fetch_add(1, Ordering::SeqCst))
                             .expect("connection ids fit u32");
                         let closed_at = send_on(&mut stream, id, n_lines);
-                        connections
-                            .lock()
-                            .insert(id, ClientConnection { n_lines, closed_at });
+                        connections.lock().insert(
+                            id,
+                            ClientConnection {
+                                n_lines,
+                                opened_at,
+                                closed_at,
+                            },
+                        );
                         next_at += Duration::from_secs_f64(f64::from(n_lines) / lines_per_sec);
                     }
                 })
@@ -322,11 +352,22 @@ fn send_on(stream: &mut TcpStream, id: u32, n_lines: u32) -> Option<Instant> {
 fn owed_lines(
     connections: &BTreeMap<u32, ClientConnection>,
     kills: &[Instant],
+    kills_done: &[Instant],
 ) -> BTreeMap<u32, u32> {
     connections
         .iter()
         .filter_map(|(&id, connection)| {
             let closed_at = connection.closed_at?;
+            // A kill closes the connections it cuts, and the client sees that close like the relay's own: a
+            // connection that spans a kill is not a handover, only one that lived within one run of the relay is.
+            // It spans a kill if it opened before the relay was gone and closed after the signal was sent.
+            if kills
+                .iter()
+                .zip(kills_done)
+                .any(|(&kill, &done)| connection.opened_at < done && kill <= closed_at)
+            {
+                return None;
+            }
             let next_kill = kills.iter().find(|&&kill| kill > closed_at);
             let owed = next_kill.is_none_or(|&kill| kill - closed_at >= HANDED_OVER_BEFORE_KILL);
             owed.then_some((id, connection.n_lines))
