@@ -107,11 +107,13 @@ impl Health {
         self.stats.queued_bytes.load(Ordering::Relaxed) - self.unacked_bytes.load(Ordering::Relaxed)
     }
 
-    /// True while the destination has a working disk spool: it spills what it cannot take instead of making senders
-    /// wait. A spool whose disk fails (degraded) stops spilling, and the destination paces like one without a spool.
+    /// True while the destination has a working disk spool with lines waiting on disk: new lines go behind them, to
+    /// disk, so it does not make senders wait (it paces, like any destination, while nothing waits on disk). A
+    /// spool whose disk fails (degraded) spills nothing, and the destination paces like one without a spool.
     pub fn spills(&self) -> bool {
         self.stats.spool_enabled.load(Ordering::Relaxed)
             && !self.stats.spool_degraded.load(Ordering::Relaxed)
+            && self.stats.spool_lines.load(Ordering::Relaxed) > 0
     }
 
     /// True while the lag is above the watermark.

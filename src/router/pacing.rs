@@ -9,8 +9,10 @@
 //! slow one costs the others one `PACE_TIMEOUT`. When every destination is slower than the input, senders wait: TCP
 //! backpressure instead of loss.
 //!
-//! A destination with a working disk spool never holds senders and never counts as starving: it spills instead. If
-//! its disk fails, it paces like any other until the spool works again.
+//! A destination with a disk spool paces like any other while nothing of it waits on disk, so a healthy destination
+//! that is only slower than a burst costs what it costs without a spool (TCP backpressure, no disk I/O). Once lines
+//! wait on its disk (it was down, stalled, or let lag as slower than the others until its memory queue filled), it
+//! neither holds senders nor counts as starving: new lines go to disk behind the others until it has caught up.
 //!
 //! Invariants: pacing never waits once shutdown has started (`draining`), never waits on a destination that is not
 //! healthy, and reads health without locks.
