@@ -60,7 +60,8 @@ def main():
         "-shutdown-timeout", "30s"])
     config = os.path.join(tmpfs, "..", os.path.basename(tmpfs) + ".toml")
     with open(config, "w") as f:
-        f.write('[destination]\nspool_overflow = "%s"\n' % args.spool_overflow)
+        # A quick reconnect once the dead destination returns: the default backoff grows to 30 s while it is down.
+        f.write('[destination]\nspool_overflow = "%s"\nretry_interval = "1s"\n' % args.spool_overflow)
     relay.args = ["-c", config, *relay.args]
     relay.start()
     samples = []
@@ -102,9 +103,12 @@ def main():
     recovered = None
     try:
         def recovery():
-            spool = dead_spool()
-            return spool if spool and not spool["degraded"] else None
-        recovered = common.wait_for("degraded clears", recovery, patience=args.recover_patience_secs, interval=0.2)
+            destination = common.get_stats(stats_port)["destinations"][0]
+            spool = destination.get("spool")
+            drained = spool and spool["lines"] == 0 and destination["queued_lines"] == 0
+            return spool if drained and not spool["degraded"] else None
+        recovered = common.wait_for("the spool drains and degraded clears", recovery,
+                                    patience=args.recover_patience_secs, interval=0.2)
     except RuntimeError as err:
         print("disk_full: %s" % err, file=sys.stderr)
     recovered_at = time.monotonic()

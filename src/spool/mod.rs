@@ -352,7 +352,8 @@ impl<F: Fs> Spool<F> {
             degraded: false,
         };
         let recovered = spool.recover()?;
-        spool.ensure_reserve();
+        // A disk too full for it at start simply has no reserve until a sync can make one.
+        let _ = spool.ensure_reserve();
         Ok((spool, recovered))
     }
 
@@ -925,14 +926,18 @@ impl<F: Fs> Spool<F> {
             self.write_checkpoint()?;
         }
         self.delete_acked_segments()?;
-        self.ensure_reserve();
-        Ok(())
+        // The reserve given back on a full disk is made again here; until it can be, the disk is still full, and a
+        // sync that wrote its checkpoint out of the reserve must not clear the degraded mark.
+        self.ensure_reserve().map_err(io_error(
+            "make spool reserve",
+            &self.settings.dir.join(RESERVE_FILE_NAME),
+        ))
     }
 
-    /// Makes the reserve file if it is missing; a disk without room for it simply has none for now.
-    fn ensure_reserve(&mut self) {
+    /// Makes the reserve file if it is missing.
+    fn ensure_reserve(&mut self) -> io::Result<()> {
         if self.has_reserve {
-            return;
+            return Ok(());
         }
         let path = self.settings.dir.join(RESERVE_FILE_NAME);
         let made = self
@@ -940,9 +945,13 @@ impl<F: Fs> Spool<F> {
             .create(&path)
             .and_then(|mut file| file.append(&[0; RESERVE_BYTES]));
         match made {
-            Ok(()) => self.has_reserve = true,
-            Err(_) => {
+            Ok(()) => {
+                self.has_reserve = true;
+                Ok(())
+            }
+            Err(error) => {
                 let _ = self.fs.remove(&path);
+                Err(error)
             }
         }
     }
