@@ -1,17 +1,8 @@
 //! Runs the real `polymur` binary and checks its exit codes and messages for `-t`, usage errors and `--help`.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use crate::support::process::config_file;
-
-/// Runs `polymur` with `args` and returns what it did.
-fn polymur(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_polymur"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("run the polymur binary")
-}
+use crate::support::process::{config_file, run_to_exit as polymur};
 
 /// Checks the exit code and that stdout and stderr contain the given texts.
 fn check(output: &Output, code: i32, stdout_needle: &str, stderr_needle: &str) {

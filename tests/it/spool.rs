@@ -5,7 +5,6 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -13,7 +12,7 @@ use polymur::config::{SpoolMode, SpoolOverflow};
 use polymur::stats::{DestinationStats, DropReason};
 use polymur::Config;
 
-use crate::support::process::RelayProcess;
+use crate::support::process::{run_to_exit, RelayProcess, TEST_LISTEN_ARGS};
 use crate::support::{self, distinct_lines, eventually, send, sorted, Sink, TestRelay};
 
 /// A free port on 127.0.0.1 with nothing listening on it (yet).
@@ -307,22 +306,7 @@ async fn a_second_relay_on_the_same_spool_dir_refuses_to_start_naming_the_lock_f
     let destination_arg = address.to_string();
     let args = ["-destinations", &destination_arg, "-spool-dir", spool_arg];
     let first = RelayProcess::start(&args);
-    let second = Command::new(env!("CARGO_BIN_EXE_polymur"))
-        .args([
-            "-listen-addr",
-            "127.0.0.1",
-            "-listen-port",
-            "0",
-            "-stats-addr",
-            "",
-        ])
-        .args(args)
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run polymur");
+    let second = run_to_exit(&[&TEST_LISTEN_ARGS[..], &args].concat());
     let stderr = String::from_utf8_lossy(&second.stderr);
     assert_eq!(second.status.code(), Some(78), "{stderr}");
     let lock_file = destination_dir(spool_dir.path(), address).join("lock");
@@ -338,22 +322,13 @@ async fn a_second_relay_on_the_same_spool_dir_refuses_to_start_naming_the_lock_f
 fn an_unusable_spool_dir_is_a_config_error_at_start() {
     let not_a_dir = tempfile::NamedTempFile::new().expect("temp file");
     let spool_arg = not_a_dir.path().to_str().expect("utf-8 path");
-    let output = Command::new(env!("CARGO_BIN_EXE_polymur"))
-        .args([
-            "-listen-addr",
-            "127.0.0.1",
-            "-listen-port",
-            "0",
-            "-stats-addr",
-            "",
-        ])
-        .args(["-destinations", "127.0.0.1:1", "-spool-dir", spool_arg])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output()
-        .expect("run polymur");
+    let output = run_to_exit(
+        &[
+            &TEST_LISTEN_ARGS[..],
+            &["-destinations", "127.0.0.1:1", "-spool-dir", spool_arg],
+        ]
+        .concat(),
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains(spool_arg), "names the directory: {stderr}");

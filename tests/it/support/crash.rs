@@ -52,34 +52,18 @@ impl RecordingSink {
         let stalled = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let acceptor = std::thread::spawn({
+        let acceptor = super::spawn_acceptor(listener, Arc::clone(&stop), Arc::clone(&streams), {
             let connections = Arc::clone(&connections);
             let n_lines = Arc::clone(&n_lines);
             let stalled = Arc::clone(&stalled);
-            let stop = Arc::clone(&stop);
-            let streams = Arc::clone(&streams);
-            move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let stream = match listener.accept() {
-                        Ok((stream, _)) => stream,
-                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(2));
-                            continue;
-                        }
-                        Err(_) => break,
-                    };
-                    stream.set_nonblocking(false).expect("blocking stream");
-                    streams
-                        .lock()
-                        .push(stream.try_clone().expect("clone stream"));
-                    let received: Recording = Arc::default();
-                    connections.lock().push(Arc::clone(&received));
-                    let n_lines = Arc::clone(&n_lines);
-                    let stalled = Arc::clone(&stalled);
-                    std::thread::spawn(move || {
-                        record_lines(stream, &received, &n_lines, &stalled);
-                    });
-                }
+            move |stream| {
+                let received: Recording = Arc::default();
+                connections.lock().push(Arc::clone(&received));
+                let n_lines = Arc::clone(&n_lines);
+                let stalled = Arc::clone(&stalled);
+                std::thread::spawn(move || {
+                    record_lines(stream, &received, &n_lines, &stalled);
+                });
             }
         });
         RecordingSink {

@@ -129,34 +129,18 @@ impl Sink {
         let n_closed = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let streams: Arc<Mutex<Vec<std::net::TcpStream>>> = Arc::default();
-        let acceptor = std::thread::spawn({
+        let acceptor = spawn_acceptor(listener, Arc::clone(&stop), Arc::clone(&streams), {
             let received = Arc::clone(&received);
             let n_lines = Arc::clone(&n_lines);
             let n_closed = Arc::clone(&n_closed);
-            let stop = Arc::clone(&stop);
-            let streams = Arc::clone(&streams);
-            move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let stream = match listener.accept() {
-                        Ok((stream, _)) => stream,
-                        Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
-                            std::thread::sleep(Duration::from_millis(2));
-                            continue;
-                        }
-                        Err(_) => break,
-                    };
-                    stream.set_nonblocking(false).expect("blocking stream");
-                    streams
-                        .lock()
-                        .push(stream.try_clone().expect("clone stream"));
-                    let received = Arc::clone(&received);
-                    let n_lines = Arc::clone(&n_lines);
-                    let n_closed = Arc::clone(&n_closed);
-                    std::thread::spawn(move || {
-                        read_lines(stream, read_bytes, pause, &received, &n_lines);
-                        n_closed.fetch_add(1, Ordering::SeqCst);
-                    });
-                }
+            move |stream| {
+                let received = Arc::clone(&received);
+                let n_lines = Arc::clone(&n_lines);
+                let n_closed = Arc::clone(&n_closed);
+                std::thread::spawn(move || {
+                    read_lines(stream, read_bytes, pause, &received, &n_lines);
+                    n_closed.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
         Sink {
@@ -318,6 +302,33 @@ impl StalledSink {
         }
         n_lines
     }
+}
+
+/// Accepts connections on a nonblocking `listener` until `stop`, in blocking mode, each kept in `streams` (so that the
+/// owner can cut them all) and handed to `serve` on this thread, which should spawn its reader.
+pub fn spawn_acceptor(
+    listener: std::net::TcpListener,
+    stop: Arc<AtomicBool>,
+    streams: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    serve: impl Fn(std::net::TcpStream) + Send + 'static,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::SeqCst) {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                }
+                Err(_) => break,
+            };
+            stream.set_nonblocking(false).expect("blocking stream");
+            streams
+                .lock()
+                .push(stream.try_clone().expect("clone stream"));
+            serve(stream);
+        }
+    })
 }
 
 /// Waits until `condition` holds, polling; panics with `what` after [`PATIENCE`].

@@ -2,13 +2,33 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::SocketAddr;
-use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdout, Command, ExitStatus, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
 use super::PATIENCE;
+
+/// What every test relay listens with: 127.0.0.1, a port of the kernel's choosing, no stats server.
+pub const TEST_LISTEN_ARGS: [&str; 6] = [
+    "-listen-addr",
+    "127.0.0.1",
+    "-listen-port",
+    "0",
+    "-stats-addr",
+    "",
+];
+
+/// Runs the binary with `args` until it exits (stdin empty, `RUST_LOG` unset) and returns what it did.
+pub fn run_to_exit(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_polymur"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run the polymur binary")
+}
 
 /// A config file for the binary's `-c`, holding `text`; it is deleted when dropped.
 pub fn config_file(text: &str) -> tempfile::NamedTempFile {
@@ -63,14 +83,7 @@ impl RelayProcess {
 
     fn start_command(mut command: Command, args: &[&str], unread_stdout: bool) -> RelayProcess {
         let mut child = command
-            .args([
-                "-listen-addr",
-                "127.0.0.1",
-                "-listen-port",
-                "0",
-                "-stats-addr",
-                "",
-            ])
+            .args(TEST_LISTEN_ARGS)
             .args(args)
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
