@@ -39,7 +39,7 @@ use crate::stats::{DestinationStats, DropReason, RateLimit};
 pub const TICK: Duration = Duration::from_millis(100);
 
 /// How often a degraded spool is tried again (a sync and a checkpoint write) while nothing is written to it.
-const DEGRADED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEGRADED_PROBE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Window over which the replay rate behind `drain_eta_secs` is measured.
 const DRAIN_RATE_WINDOW: Duration = Duration::from_secs(2);
