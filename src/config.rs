@@ -200,7 +200,8 @@ pub struct DestinationConfig {
     #[serde(with = "byte_size")]
     pub spool_max_bytes: u64,
     /// Bytes of disk all destinations' spools together may use; each spool's share is this divided by the number of
-    /// destinations, when that is smaller than `spool_max_bytes`. Default `0`: no total bound.
+    /// destinations, when that is smaller than `spool_max_bytes`, and must be at least 1 MiB. Default `0`: no total
+    /// bound.
     #[serde(with = "byte_size")]
     pub spool_total_max_bytes: u64,
     /// What a full spool does with a new batch: `drop_oldest` (default: delete the oldest segment, counting its
@@ -583,12 +584,13 @@ impl Config {
         if self.destination.spool_max_bytes < MIN_SPOOL_MAX_BYTES {
             return invalid("destination.spool_max_bytes", "must be at least 1MiB");
         }
+        let n_destinations = self.destinations.len().max(1) as u64;
         if self.destination.spool_total_max_bytes != 0
-            && self.destination.spool_total_max_bytes < MIN_SPOOL_MAX_BYTES
+            && self.destination.spool_total_max_bytes / n_destinations < MIN_SPOOL_MAX_BYTES
         {
             return invalid(
                 "destination.spool_total_max_bytes",
-                "must be 0 (no total bound) or at least 1MiB",
+                "must be 0 (no total bound) or leave each destination at least 1MiB",
             );
         }
         if let SpoolSync::Interval(interval) = self.destination.spool_sync {
@@ -770,6 +772,17 @@ mod byte_size {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_total_spool_bound_must_leave_each_destination_a_mebibyte() {
+        let mut config = Config::default();
+        config.destinations = vec!["a:1".into(), "b:1".into(), "c:1".into()];
+        config.destination.spool_total_max_bytes = 3 * 1024 * 1024;
+        config.validate().unwrap();
+        config.destination.spool_total_max_bytes = 3 * 1024 * 1024 - 1;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("destination.spool_total_max_bytes"), "{err}");
+    }
 
     #[test]
     fn empty_file_gives_the_defaults() {
