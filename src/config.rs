@@ -775,8 +775,10 @@ mod tests {
 
     #[test]
     fn a_total_spool_bound_must_leave_each_destination_a_mebibyte() {
-        let mut config = Config::default();
-        config.destinations = vec!["a:1".into(), "b:1".into(), "c:1".into()];
+        let mut config = Config {
+            destinations: vec!["a:1".into(), "b:1".into(), "c:1".into()],
+            ..Config::default()
+        };
         config.destination.spool_total_max_bytes = 3 * 1024 * 1024;
         config.validate().unwrap();
         config.destination.spool_total_max_bytes = 3 * 1024 * 1024 - 1;
