@@ -14,6 +14,7 @@
 //! Invariants: the router does no I/O; every line handed to it is queued or counted as dropped.
 
 pub mod console_out;
+pub mod hash;
 pub mod pacing;
 
 use std::sync::atomic::Ordering;
