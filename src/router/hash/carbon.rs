@@ -1,0 +1,358 @@
+//! `carbon_ch`, carbon flavour: the ring of carbon's `carbon.hashing.ConsistentHashRing` as carbon-relay's
+//! `ConsistentHashingRouter` (`RELAY_METHOD = consistent-hashing`) uses it, bit for bit, so a path goes to the same
+//! carbon-cache a carbon-relay would send it to.
+//!
+//! What carbon does (1.1.7, `carbon/hashing.py` and `carbon/routers.py`):
+//!
+//! - The ring holds *nodes*, which are `(server, instance)` pairs: **the port is not part of the key**, and two
+//!   destinations with the same server and instance are refused. Each node gets 100 replicas. Replica `i` is hashed
+//!   from the Python text `"%s:%d" % (node, i)`, i.e. the tuple's repr, a colon and the decimal index:
+//!   `('127.0.0.1', 'a'):0` or `('127.0.0.1', None):99`.
+//! - A position is the first two bytes of the MD5 of that text, big-endian (0 to 65,535).
+//! - Nodes are added in config order. A replica whose position is already taken (by any node) moves to the next
+//!   position, `+1`, until it finds a free one; it never wraps, so a position can exceed 65,535.
+//! - A path's position is computed the same way from the path's bytes (UTF-8, as carbon decodes lines). The walk starts
+//!   at the first entry at or after it (wrapping to the first entry), and collects distinct nodes, primary first. It
+//!   visits at most all entries but the one before the start, as carbon's `get_nodes` does.
+//! - With `diverse_replicas` (carbon's `DIVERSE_REPLICAS`, default true) a node whose server was already chosen is
+//!   skipped, so replicas land on distinct servers (hosts, compared as written); with fewer servers than the
+//!   replication factor a path gets fewer members.
+//! - Paths are hashed as received: carbon-relay hashes tagged paths (`a.b;tag=value`) as written unless
+//!   `TAG_RELAY_NORMALIZED` is set (default false), which would sort the tags first; this ring hashes the bytes given.
+//!
+//! One deliberate difference: with a single member, carbon's `get_nodes` yields that node twice, so a replication
+//! factor of 2 without diverse replicas sends every line twice to the same destination. Here a member is listed once.
+//!
+//! The ring is pinned by fixtures written by carbon's own router, `tests/data/carbon/` (see `tests/data/README.md`).
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+
+use md5::{Digest, Md5};
+
+use super::Member;
+
+/// The number of replicas carbon gives each node (`ConsistentHashRing`'s `replica_count` default).
+const REPLICAS_PER_NODE: u32 = 100;
+
+/// A carbon `ConsistentHashRing` over a cluster's members, built once and then only read.
+#[derive(Debug, Clone)]
+pub struct CarbonRing {
+    /// The ring's positions in ascending order; all distinct, as a collision moves the later replica on.
+    positions: Vec<u32>,
+    /// For each entry of `positions`, the index of the member it belongs to.
+    entry_members: Vec<usize>,
+    /// For each member, the index of the first member with the same host: members on one server share it.
+    member_servers: Vec<usize>,
+    /// How many distinct hosts the members have.
+    n_servers: usize,
+}
+
+impl CarbonRing {
+    /// Builds the ring over `members` in config order.
+    ///
+    /// # Panics
+    ///
+    /// If two members have the same host and instance (carbon refuses them too: its ring key leaves the port out), so
+    /// config validation must reject such a cluster first.
+    pub fn new(members: &[Member], diverse_replicas: bool) -> CarbonRing {
+        let mut taken_positions =
+            HashSet::with_capacity(members.len() * REPLICAS_PER_NODE as usize);
+        let mut ring_entries = Vec::with_capacity(members.len() * REPLICAS_PER_NODE as usize);
+        let mut replica_key = String::new();
+        for (member_index, member) in members.iter().enumerate() {
+            let duplicate = members[..member_index]
+                .iter()
+                .any(|earlier| earlier.host == member.host && earlier.instance == member.instance);
+            assert!(
+                !duplicate,
+                "carbon_ch cluster has two members with host {:?} and instance {:?}",
+                member.host, member.instance
+            );
+            for replica in 0..REPLICAS_PER_NODE {
+                replica_key.clear();
+                push_node_repr(&mut replica_key, member);
+                write!(replica_key, ":{replica}").expect("writing to a String cannot fail");
+                let mut replica_position = position(replica_key.as_bytes());
+                while !taken_positions.insert(replica_position) {
+                    replica_position += 1;
+                }
+                ring_entries.push((replica_position, member_index));
+            }
+        }
+        ring_entries.sort_unstable();
+
+        let member_servers: Vec<usize> = members
+            .iter()
+            .map(|member| {
+                members
+                    .iter()
+                    .position(|other| other.host == member.host)
+                    .expect("a member finds at least itself")
+            })
+            .collect();
+        let n_servers = member_servers
+            .iter()
+            .enumerate()
+            .filter(|&(member_index, &server)| member_index == server)
+            .count();
+        // Without diverse replicas every member counts as its own server.
+        let member_servers = if diverse_replicas {
+            member_servers
+        } else {
+            (0..members.len()).collect()
+        };
+        let n_servers = if diverse_replicas {
+            n_servers
+        } else {
+            members.len()
+        };
+        CarbonRing {
+            positions: ring_entries.iter().map(|&(position, _)| position).collect(),
+            entry_members: ring_entries.iter().map(|&(_, member)| member).collect(),
+            member_servers,
+            n_servers,
+        }
+    }
+
+    /// Writes into `out` (cleared first) the indices into `members` of the up-to-`replication` members `path` goes to,
+    /// primary first.
+    ///
+    /// Fewer come back when the cluster has fewer members (or, with diverse replicas, fewer hosts); none for an empty
+    /// cluster or a `replication` of 0.
+    pub fn members_for(&self, path: &[u8], replication: usize, out: &mut Vec<usize>) {
+        out.clear();
+        let n_wanted = replication.min(self.n_servers);
+        if n_wanted == 0 {
+            return;
+        }
+        let n_entries = self.positions.len();
+        let path_position = position(path);
+        let start = self
+            .positions
+            .partition_point(|&entry| entry < path_position)
+            % n_entries;
+        // Carbon stops one short of a full turn; with 100 replicas a node always has another entry, but stay exact.
+        let n_visited = (n_entries - 1).max(1);
+        for entry_index in (start..n_entries).chain(0..start).take(n_visited) {
+            let member = self.entry_members[entry_index];
+            let server = self.member_servers[member];
+            if out
+                .iter()
+                .all(|&chosen| self.member_servers[chosen] != server)
+            {
+                out.push(member);
+                if out.len() == n_wanted {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The ring position of `key`: the first two bytes of its MD5, big-endian, as carbon's `carbonHash` for `carbon_ch`.
+fn position(key: &[u8]) -> u32 {
+    let digest = Md5::digest(key);
+    u32::from(u16::from_be_bytes([digest[0], digest[1]]))
+}
+
+/// Appends Python's `str((host, instance))` for `member`: `('host', 'instance')` or `('host', None)`.
+fn push_node_repr(out: &mut String, member: &Member) {
+    out.push('(');
+    push_python_str_repr(out, &member.host);
+    out.push_str(", ");
+    match &member.instance {
+        Some(instance) => push_python_str_repr(out, instance),
+        None => out.push_str("None"),
+    }
+    out.push(')');
+}
+
+/// Appends Python 3's `repr()` of a `str`: single quotes unless the text has a single quote and no double quote,
+/// backslash escapes for the quote, `\`, tab, newline and return, `\xNN` for other control characters.
+///
+/// Other non-ASCII characters are written as they are, which is Python's rule for printable ones; Python would also
+/// escape non-printable non-ASCII characters such as U+00A0, which no host name or instance in practice contains.
+fn push_python_str_repr(out: &mut String, text: &str) {
+    let quote = if text.contains('\'') && !text.contains('"') {
+        '"'
+    } else {
+        '\''
+    };
+    out.push(quote);
+    for character in text.chars() {
+        match character {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            _ if character == quote => {
+                out.push('\\');
+                out.push(quote);
+            }
+            _ if character.is_control() && u32::from(character) <= 0xff => {
+                write!(out, "\\x{:02x}", u32::from(character))
+                    .expect("writing to a String cannot fail");
+            }
+            _ => out.push(character),
+        }
+    }
+    out.push(quote);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses carbon's destination syntax, `host:port[:instance]` (no IPv6 in the fixtures).
+    fn member(destination: &str) -> Member {
+        let mut fields = destination.splitn(3, ':');
+        let host = fields.next().expect("a host").to_string();
+        let port = fields
+            .next()
+            .expect("a port")
+            .parse()
+            .expect("a numeric port");
+        let instance = fields.next().map(str::to_string);
+        Member {
+            host,
+            port,
+            instance,
+        }
+    }
+
+    fn check(
+        destinations: &[&str],
+        diverse_replicas: bool,
+        replication: usize,
+        path: &str,
+        expected: &[usize],
+    ) {
+        let members: Vec<Member> = destinations
+            .iter()
+            .map(|destination| member(destination))
+            .collect();
+        let ring = CarbonRing::new(&members, diverse_replicas);
+        let mut out = Vec::new();
+        ring.members_for(path.as_bytes(), replication, &mut out);
+        assert_eq!(
+            out, expected,
+            "{destinations:?} diverse {diverse_replicas} replication {replication} {path:?}"
+        );
+    }
+
+    fn check_repr(destination: &str, expected: &str) {
+        let mut out = String::new();
+        push_node_repr(&mut out, &member(destination));
+        assert_eq!(out, expected);
+    }
+
+    #[test]
+    fn node_keys_are_python_tuple_reprs() {
+        check_repr("127.0.0.1:2004:a", "('127.0.0.1', 'a')");
+        check_repr("127.0.0.1:2003", "('127.0.0.1', None)");
+        check_repr("127.0.0.1:2003:", "('127.0.0.1', '')");
+        check_repr("it's:1", "(\"it's\", None)");
+        check_repr("a\"b'c:1", "('a\"b\\'c', None)");
+        check_repr("a\\b\tc\u{7f}\u{85}é:1:x", "('a\\\\b\\tc\\x7f\\x85é', 'x')");
+    }
+
+    #[test]
+    fn a_colliding_replica_moves_one_position_on() {
+        // Replica 65 of 10.0.0.3 hashes to 0x1e76 like replica 60 of 10.0.0.1, which was added first, so it sits at
+        // 0x1e77; `a.12483` hashes to 0x1e77. Without the move it would reach 10.0.0.1's next entry, 0x1feb.
+        let cluster = ["10.0.0.1:2003", "10.0.0.3:2003"];
+        check(&cluster, true, 1, "a.12483", &[1]);
+        check(&cluster, false, 2, "a.12483", &[1, 0]);
+    }
+
+    #[test]
+    fn diverse_replicas_skip_a_host_already_chosen() {
+        let cluster = ["127.0.0.1:2003:a", "127.0.0.1:2103:b", "127.0.0.2:2003:a"];
+        check(&cluster, false, 2, "a.4", &[0, 1]);
+        check(&cluster, true, 2, "a.4", &[0, 2]);
+        check(&cluster, false, 3, "a.4", &[0, 1, 2]);
+        check(&cluster, true, 3, "a.4", &[0, 2]);
+        check(&cluster, true, 2, "a.12", &[0, 2]);
+    }
+
+    #[test]
+    fn the_port_is_not_part_of_the_key() {
+        check(
+            &["127.0.0.1:2003:a", "127.0.0.1:2103:b", "127.0.0.2:2003:a"],
+            false,
+            3,
+            "a.4",
+            &[0, 1, 2],
+        );
+        check(
+            &["127.0.0.1:1:a", "127.0.0.1:2:b", "127.0.0.2:3:a"],
+            false,
+            3,
+            "a.4",
+            &[0, 1, 2],
+        );
+    }
+
+    #[test]
+    fn a_single_member_is_listed_once_where_carbon_repeats_it() {
+        check(&["h:1"], false, 2, "a.b", &[0]);
+        check(&["h:1"], true, 2, "a.b", &[0]);
+    }
+
+    #[test]
+    fn empty_clusters_and_replication_zero_give_no_member() {
+        check(&[], true, 1, "a.b", &[]);
+        check(&["h:1"], true, 0, "a.b", &[]);
+    }
+
+    /// Every path of every fixture that carbon's own router wrote (`tests/data/carbon/generate.py`).
+    #[test]
+    fn rings_match_carbons_router_on_every_fixture_path() {
+        let fixture_dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/carbon");
+        let mut fixture_paths: Vec<_> = std::fs::read_dir(&fixture_dir)
+            .expect("tests/data/carbon exists")
+            .map(|entry| entry.expect("a directory entry").path())
+            .filter(|path| path.extension().is_some_and(|extension| extension == "txt"))
+            .collect();
+        fixture_paths.sort();
+        assert_eq!(fixture_paths.len(), 6, "{fixture_paths:?}");
+        let mut out = Vec::new();
+        for fixture_path in fixture_paths {
+            let text = std::fs::read_to_string(&fixture_path).expect("a UTF-8 fixture");
+            let members: Vec<Member> = text
+                .lines()
+                .filter_map(|line| line.strip_prefix("destination "))
+                .map(member)
+                .collect();
+            let rings = [
+                CarbonRing::new(&members, true),
+                CarbonRing::new(&members, false),
+            ];
+            let mut n_paths = 0;
+            for line in text
+                .lines()
+                .filter(|line| !line.starts_with('#') && !line.starts_with("destination "))
+            {
+                let mut columns = line.split('\t');
+                let path = columns.next().expect("a path");
+                for (column_index, column) in columns.enumerate() {
+                    let expected: Vec<usize> = column
+                        .split(',')
+                        .map(|index| index.parse().expect("a member index"))
+                        .collect();
+                    let ring = &rings[column_index / 3];
+                    let replication = column_index % 3 + 1;
+                    ring.members_for(path.as_bytes(), replication, &mut out);
+                    assert_eq!(
+                        out, expected,
+                        "{fixture_path:?} {path:?} column {column_index}"
+                    );
+                }
+                n_paths += 1;
+            }
+            assert!(n_paths >= 2000, "{fixture_path:?} has {n_paths} paths");
+        }
+    }
+}
