@@ -7,6 +7,7 @@
 //! `tests/data/README.md`).
 
 pub mod carbon;
+pub mod ccr;
 
 /// A cluster member as a ring sees it: `host:port[=instance]`, in config order (carbon-c-relay's syntax; carbon's
 /// `DESTINATIONS` use `host:port:instance`).
