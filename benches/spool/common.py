@@ -41,7 +41,47 @@ def free_port_below_ephemeral_range(rng):
     raise SystemExit("no free port below the ephemeral range")
 
 
-class Sink:
+class Listener:
+    """A destination's listening side: accepts on 127.0.0.1 (`port` 0 for any), hands each connection to
+    `self._read(conn, index)` on a thread of its own, and can die (listener and every connection closed) and listen
+    again on the same port. `rcvbuf`, when set, is every accepted connection's receive buffer."""
+
+    def listen(self):
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.rcvbuf:
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(128)
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def die(self):
+        """The destination goes away: listener and every connection closed."""
+        # Shut down first: a plain close leaves the port listening while the accept thread is blocked on it.
+        self.listener.shutdown(socket.SHUT_RDWR)
+        self.listener.close()
+        for conn in self.conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+                conn.close()
+            except OSError:
+                pass
+        self.conns = []
+
+    def _accept(self, listener):
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            # Numbered across every listen, so a destination that comes back does not reuse an earlier number.
+            index = self.n_accepted = getattr(self, "n_accepted", 0) + 1
+            threading.Thread(target=self._read, args=(conn, index - 1), daemon=True).start()
+
+
+class Sink(Listener):
     """A destination: counts every line per (conn, seq), keeps per-connection whole lines only, can stall, and
     measures its rate per second. `rcvbuf` small makes a stall hold the relay back at once."""
 
@@ -62,37 +102,7 @@ class Sink:
         self.port = port
         self.listen()
 
-    def listen(self):
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.rcvbuf:
-            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.rcvbuf)
-        self.listener.bind(("127.0.0.1", self.port))
-        self.listener.listen(128)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def die(self):
-        """The destination goes away: listener and every connection closed."""
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for conn in self.conns:
-            try:
-                conn.close()
-            except OSError:
-                pass
-        self.conns = []
-
-    def _accept(self, listener):
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._read, args=(conn,), daemon=True).start()
-
-    def _read(self, conn):
+    def _read(self, conn, _index):
         rest = b""
         while True:
             while self.stalled.is_set():

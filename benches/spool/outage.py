@@ -33,7 +33,7 @@ PREFIX = b"out"
 LINE = re.compile(rb"^out\.c(\d+)\.(\d+) (\d+) (\d+)$", re.M)
 
 
-class CountingSink:
+class CountingSink(common.Listener):
     """Counts whole lines per second; with `record_dir`, also writes each connection's whole lines to a file of its
     own (a half line at a connection's end is dropped)."""
 
@@ -42,41 +42,10 @@ class CountingSink:
         self.per_second = {}
         self.n_lines = 0
         self.lock = threading.Lock()
-        self.n_connections = 0
         self.conns = []
+        self.rcvbuf = None
         self.port = port
         self.listen()
-
-    def listen(self):
-        self.listener = socket.socket()
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", self.port))
-        self.listener.listen(128)
-        self.port = self.listener.getsockname()[1]
-        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
-
-    def die(self):
-        self.listener.shutdown(socket.SHUT_RDWR)
-        self.listener.close()
-        for conn in self.conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-                conn.close()
-            except OSError:
-                pass
-        self.conns = []
-
-    def _accept(self, listener):
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            with self.lock:
-                index = self.n_connections
-                self.n_connections += 1
-            threading.Thread(target=self._read, args=(conn, index), daemon=True).start()
 
     def _read(self, conn, index):
         out = open(os.path.join(self.record_dir, "%06d" % index), "wb") if self.record_dir else None

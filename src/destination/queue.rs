@@ -152,6 +152,13 @@ struct Spill {
 }
 
 impl Spill {
+    /// A batch taken by the spooler is no longer being written (written, dropped, or handed back).
+    fn stop_writing(&mut self, batch: &Batch) {
+        self.n_writing -= 1;
+        self.writing_lines -= batch.n_lines() as usize;
+        self.writing_bytes -= batch.memory_bytes();
+    }
+
     /// True while anything is on its way to disk or on disk unread: new batches must go behind it.
     fn has_backlog(&self) -> bool {
         !self.lane.is_empty() || self.n_writing > 0 || self.n_unread_records > 0
@@ -531,23 +538,15 @@ impl Queue {
         if !has_work(&state) {
             self.spool_work.wait_for(&mut state, timeout);
         }
-        if !take_lane {
-            return SpoolWork {
-                acked_seq_end: state.spill.acked_seq_end,
-                replay_room: state.spill.n_unread_records > 0 && self.has_replay_room(&state),
-                finishing: state.spill.finishing,
-            };
-        }
-        let spill = &mut state.spill;
-        let wake_senders = std::mem::take(&mut spill.lane_waiters);
-        spill.lane_taken_at = Some(std::time::Instant::now());
-        spill.n_writing += spill.lane.len();
-        spill.lane_lines = 0;
-        spill.lane_bytes = 0;
-        for batch in spill.lane.drain(..) {
-            spill.writing_lines += batch.n_lines() as usize;
-            spill.writing_bytes += batch.memory_bytes();
-            to_write.push(batch);
+        let mut wake_senders = false;
+        if take_lane {
+            let spill = &mut state.spill;
+            wake_senders = std::mem::take(&mut spill.lane_waiters);
+            spill.lane_taken_at = Some(std::time::Instant::now());
+            spill.n_writing += spill.lane.len();
+            spill.writing_lines += std::mem::take(&mut spill.lane_lines);
+            spill.writing_bytes += std::mem::take(&mut spill.lane_bytes);
+            to_write.extend(spill.lane.drain(..));
         }
         let work = SpoolWork {
             acked_seq_end: state.spill.acked_seq_end,
@@ -588,11 +587,8 @@ impl Queue {
     /// spool degraded and are bounded as without a spool.
     pub fn spooler_fallback(&self, batch: Batch) {
         let mut state = self.state.lock();
-        let spill = &mut state.spill;
-        spill.n_writing -= 1;
-        spill.writing_lines -= batch.n_lines() as usize;
-        spill.writing_bytes -= batch.memory_bytes();
         // Its lines and bytes stay counted in `n_lines` and `n_bytes`: they move from the lane's share to memory's.
+        state.spill.stop_writing(&batch);
         state.batches.push_back(batch);
         drop(state);
         self.data_ready.notify_one();
@@ -605,9 +601,7 @@ impl Queue {
         let mut state = self.state.lock();
         for batch in batches.drain(..).rev() {
             let spill = &mut state.spill;
-            spill.n_writing -= 1;
-            spill.writing_lines -= batch.n_lines() as usize;
-            spill.writing_bytes -= batch.memory_bytes();
+            spill.stop_writing(&batch);
             spill.lane_lines += batch.n_lines() as usize;
             spill.lane_bytes += batch.memory_bytes();
             spill.lane.push_front(batch);
@@ -670,14 +664,11 @@ impl Queue {
         (out, n_lines_on_disk)
     }
 
+    /// A batch being written leaves the queue's accounting altogether (written or dropped).
     fn leave_writing(&self, state: &mut State, batch: &Batch) {
-        let n_lines = batch.n_lines() as usize;
-        let n_bytes = batch.memory_bytes();
-        state.spill.n_writing -= 1;
-        state.spill.writing_lines -= n_lines;
-        state.spill.writing_bytes -= n_bytes;
-        state.n_lines -= n_lines;
-        state.n_bytes -= n_bytes;
+        state.spill.stop_writing(batch);
+        state.n_lines -= batch.n_lines() as usize;
+        state.n_bytes -= batch.memory_bytes();
     }
 
     /// Wakes senders waiting under `block` (a full spill lane) when room appears.

@@ -132,38 +132,14 @@ impl<'a> Spooler<'a> {
 
     /// Writes the batches taken from the lane, in order; under `block`, what the spool refuses goes back.
     fn write(&mut self, to_write: &mut Vec<Batch>) {
-        let mut batches = std::mem::take(to_write).into_iter();
+        let mut batches = to_write.drain(..);
         while let Some(batch) = batches.next() {
-            match self.spool.append(batch.bytes(), batch.n_lines()) {
+            let disk_failed = match self.spool.append(batch.bytes(), batch.n_lines()) {
                 Ok(appended) => {
-                    self.count_evicted(appended.evicted_lines);
-                    if self.settings.sync != SpoolSync::Batch && self.unsynced_since.is_none() {
-                        self.unsynced_since = Some(Instant::now());
-                    }
-                    let n_unread_records = self.spool.status().unread_records;
-                    self.queue.spooler_written(&batch, n_unread_records);
-                    // The lines left `queued` for the spool: show them there at once, so the accounting rule is
-                    // off only for the moment between these two updates.
-                    self.publish(0);
-                    // The batch is the next to send and memory has room: hand it over without reading it back.
-                    if n_unread_records == 1
-                        && self.queue.spooler_has_replay_room()
-                        && self.spool.mark_read(appended.first_seq)
-                    {
-                        self.queue.spooler_replayed(
-                            batch.with_spool_seq(appended.first_seq),
-                            self.spool.status().unread_records,
-                        );
-                    }
+                    self.written(batch, appended.first_seq, appended.evicted_lines);
+                    continue;
                 }
-                Err(AppendError::Full) if self.settings.overflow == SpoolOverflow::Block => {
-                    let mut refused = vec![batch];
-                    refused.extend(batches);
-                    self.queue.spooler_requeue(&mut refused);
-                    self.blocked = true;
-                    break;
-                }
-                Err(AppendError::Full) => self.queue.spooler_dropped(&batch, DropReason::SpoolFull),
+                Err(AppendError::Full) => false,
                 Err(AppendError::Io(err)) => {
                     self.stats
                         .spool_write_errors
@@ -173,18 +149,45 @@ impl<'a> Spooler<'a> {
                     if self.log_limit.allow() {
                         error!(destination = %self.settings.name, error = %err, "cannot write to the spool");
                     }
-                    if self.settings.overflow == SpoolOverflow::Block {
-                        let mut refused = vec![batch];
-                        refused.extend(batches);
-                        self.queue.spooler_requeue(&mut refused);
-                        self.blocked = true;
-                        break;
-                    }
-                    self.queue.spooler_fallback(batch);
+                    true
                 }
+            };
+            if self.settings.overflow == SpoolOverflow::Block {
+                // The spool cannot take it yet: it and the rest go back to the lane, tried again next tick.
+                let mut refused = vec![batch];
+                refused.extend(batches);
+                self.queue.spooler_requeue(&mut refused);
+                self.blocked = true;
+                return;
+            }
+            if disk_failed {
+                self.queue.spooler_fallback(batch);
+            } else {
+                self.queue.spooler_dropped(&batch, DropReason::SpoolFull);
             }
         }
-        *to_write = Vec::new();
+    }
+
+    /// A batch is on disk: its lines leave `queued` for the spool, and it goes straight to memory when it is the
+    /// next to send and there is room (no read back).
+    fn written(&mut self, batch: Batch, first_seq: u64, evicted_lines: u64) {
+        self.count_evicted(evicted_lines);
+        if self.settings.sync != SpoolSync::Batch && self.unsynced_since.is_none() {
+            self.unsynced_since = Some(Instant::now());
+        }
+        let n_unread_records = self.spool.status().unread_records;
+        self.queue.spooler_written(&batch, n_unread_records);
+        // Show the lines as spooled at once, so the accounting rule is off only between these two updates.
+        self.publish(0);
+        if n_unread_records == 1
+            && self.queue.spooler_has_replay_room()
+            && self.spool.mark_read(first_seq)
+        {
+            self.queue.spooler_replayed(
+                batch.with_spool_seq(first_seq),
+                self.spool.status().unread_records,
+            );
+        }
     }
 
     /// Reads records back into the queue's memory part while it has room.

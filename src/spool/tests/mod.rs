@@ -17,6 +17,22 @@ fn settings(dir: &Path, max_bytes: u64, overflow: SpoolOverflow) -> Settings {
     }
 }
 
+/// A spool of 1 MiB on a fresh [`FaultyFs`] in `dir`, with the default segment size or `segment_bytes`.
+fn faulty_spool(
+    dir: &Path,
+    overflow: SpoolOverflow,
+    segment_bytes: Option<u64>,
+) -> (FaultyFs, Spool<FaultyFs>) {
+    let fs = FaultyFs::new();
+    let settings = settings(dir, 1 << 20, overflow);
+    let (spool, _) = match segment_bytes {
+        Some(segment_bytes) => Spool::open_with_segment_bytes(fs.clone(), settings, segment_bytes),
+        None => Spool::open_with(fs.clone(), settings),
+    }
+    .expect("open");
+    (fs, spool)
+}
+
 /// `n_lines` lines named after their batch, so a test can tell batches apart.
 fn batch(name: &str, n_lines: u32) -> Vec<u8> {
     (0..n_lines)
@@ -141,14 +157,8 @@ fn a_deleted_checkpoint_replays_from_the_oldest_segment() {
 
 #[test]
 fn acknowledged_segments_are_deleted_and_sequence_numbers_survive_their_deletion() {
-    let fs = FaultyFs::new();
     let dir = Path::new("/spool/d");
-    let (mut spool, _) = Spool::open_with_segment_bytes(
-        fs.clone(),
-        settings(dir, 1 << 20, SpoolOverflow::DropOldest),
-        100,
-    )
-    .expect("open");
+    let (fs, mut spool) = faulty_spool(dir, SpoolOverflow::DropOldest, Some(100));
     for name in ["a", "b", "c"] {
         spool.append(&batch(name, 4), 4).expect("append");
     }
@@ -221,13 +231,8 @@ fn drop_newest_refuses_and_drop_oldest_evicts_counting_unread_lines() {
 
 #[test]
 fn a_full_disk_degrades_the_spool_until_space_returns() {
-    let fs = FaultyFs::new();
     let dir = Path::new("/spool");
-    let (mut spool, _) = Spool::open_with(
-        fs.clone(),
-        settings(dir, 1 << 20, SpoolOverflow::DropNewest),
-    )
-    .expect("open");
+    let (fs, mut spool) = faulty_spool(dir, SpoolOverflow::DropNewest, None);
     spool.append(&batch("a", 2), 2).expect("append");
     fs.set_disk_full(true);
     let error = spool.append(&batch("b", 2), 2).expect_err("disk full");
@@ -256,13 +261,8 @@ fn a_full_disk_degrades_the_spool_until_space_returns() {
 
 #[test]
 fn acknowledged_data_leaves_the_disk_even_from_the_writing_segment_once_a_checkpoint_is_durable() {
-    let fs = FaultyFs::new();
     let dir = Path::new("/spool");
-    let (mut spool, _) = Spool::open_with(
-        fs.clone(),
-        settings(dir, 1 << 20, SpoolOverflow::DropNewest),
-    )
-    .expect("open");
+    let (fs, mut spool) = faulty_spool(dir, SpoolOverflow::DropNewest, None);
     assert_eq!(
         fs.contents(&dir.join(RESERVE_FILE_NAME))
             .map(|bytes| bytes.len()),
@@ -298,14 +298,8 @@ fn acknowledged_data_leaves_the_disk_even_from_the_writing_segment_once_a_checkp
 
 #[test]
 fn a_record_corrupted_on_disk_is_skipped_and_its_lines_counted() {
-    let fs = FaultyFs::new();
     let dir = Path::new("/spool");
-    let (mut spool, _) = Spool::open_with_segment_bytes(
-        fs.clone(),
-        settings(dir, 1 << 20, SpoolOverflow::DropOldest),
-        160,
-    )
-    .expect("open");
+    let (fs, mut spool) = faulty_spool(dir, SpoolOverflow::DropOldest, Some(160));
     for name in ["a", "b", "c", "d"] {
         spool.append(&batch(name, 3), 3).expect("append");
     }

@@ -176,15 +176,7 @@ fn record_lines(
         }
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                pending.extend_from_slice(&buf[..n]);
-                if let Some(last_lf) = memchr::memrchr(b'\n', &pending) {
-                    let n_new = memchr::memchr_iter(b'\n', &pending[..=last_lf]).count();
-                    received.lock().extend_from_slice(&pending[..=last_lf]);
-                    pending.drain(..=last_lf);
-                    n_lines.fetch_add(n_new, Ordering::SeqCst);
-                }
-            }
+            Ok(n) => super::keep_whole_lines(&mut pending, &buf[..n], received, n_lines),
         }
     }
 }

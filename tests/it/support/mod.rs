@@ -231,15 +231,7 @@ fn read_lines(
         }
         match stream.read(&mut buf) {
             Ok(0) | Err(_) => break,
-            Ok(n) => {
-                pending.extend_from_slice(&buf[..n]);
-                if let Some(last_lf) = memchr::memrchr(b'\n', &pending) {
-                    let n_new = memchr::memchr_iter(b'\n', &pending[..=last_lf]).count();
-                    received.lock().extend_from_slice(&pending[..=last_lf]);
-                    pending.drain(..=last_lf);
-                    n_lines.fetch_add(n_new, Ordering::SeqCst);
-                }
-            }
+            Ok(n) => keep_whole_lines(&mut pending, &buf[..n], received, n_lines),
         }
     }
 }
@@ -301,6 +293,23 @@ impl StalledSink {
             }
         }
         n_lines
+    }
+}
+
+/// Appends `read` to `pending` and moves its whole lines into `received`, counting them: a sink keeps only whole
+/// lines, so a connection cut mid-line leaves its half line behind.
+pub fn keep_whole_lines(
+    pending: &mut Vec<u8>,
+    read: &[u8],
+    received: &Mutex<Vec<u8>>,
+    n_lines: &AtomicUsize,
+) {
+    pending.extend_from_slice(read);
+    if let Some(last_lf) = memchr::memrchr(b'\n', pending) {
+        let n_new = memchr::memchr_iter(b'\n', &pending[..=last_lf]).count();
+        received.lock().extend_from_slice(&pending[..=last_lf]);
+        pending.drain(..=last_lf);
+        n_lines.fetch_add(n_new, Ordering::SeqCst);
     }
 }
 
