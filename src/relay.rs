@@ -328,28 +328,15 @@ impl Relay {
         let spool_deadline = deadline
             .checked_sub(spool_shutdown_reserve(self.config.shutdown_timeout))
             .unwrap_or(deadline);
-        let mut spooled_writers: VecDeque<JoinHandle<()>> = VecDeque::new();
+        let mut spooled_writers = Vec::new();
         let mut spoolers = Vec::new();
         let mut spooled_queues = Vec::new();
         for destination in self.spooled {
-            spooled_writers.push_back(destination.writer);
+            spooled_writers.push(destination.writer);
             spoolers.push(destination.spooler);
             spooled_queues.push(destination.queue);
         }
-        let spooled_drained = tokio::time::timeout_at(spool_deadline, async {
-            while let Some(writer) = spooled_writers.front_mut() {
-                let _ = writer.await;
-                spooled_writers.pop_front();
-            }
-        })
-        .await
-        .is_ok();
-        if !spooled_drained {
-            self.stop_spooled.cancel();
-            for writer in spooled_writers {
-                let _ = writer.await;
-            }
-        }
+        join_writers(spooled_writers, spool_deadline, &self.stop_spooled).await;
         for queue in &spooled_queues {
             queue.finish_spool();
         }
@@ -359,21 +346,7 @@ impl Relay {
                 error!("shutdown: a spooler did not finish before the deadline");
             }
         }
-        let mut writers: VecDeque<JoinHandle<()>> = self.writers.into();
-        let drained = tokio::time::timeout_at(deadline, async {
-            while let Some(writer) = writers.front_mut() {
-                let _ = writer.await;
-                writers.pop_front();
-            }
-        })
-        .await
-        .is_ok();
-        if !drained {
-            self.stop.cancel();
-            for writer in writers {
-                let _ = writer.await;
-            }
-        }
+        join_writers(self.writers, deadline, &self.stop).await;
         let mut report = ShutdownReport::default();
         for queue in &self.queues {
             queue.drop_remaining();
@@ -399,5 +372,29 @@ impl Relay {
             "shutdown complete"
         );
         report
+    }
+}
+
+/// Waits for `writers`, in order, until `deadline`; then cancels `stop`, so those still draining hand back what they
+/// hold, and waits for them to end.
+async fn join_writers(
+    writers: Vec<JoinHandle<()>>,
+    deadline: tokio::time::Instant,
+    stop: &CancellationToken,
+) {
+    let mut writers: VecDeque<JoinHandle<()>> = writers.into();
+    let drained = tokio::time::timeout_at(deadline, async {
+        while let Some(writer) = writers.front_mut() {
+            let _ = writer.await;
+            writers.pop_front();
+        }
+    })
+    .await
+    .is_ok();
+    if !drained {
+        stop.cancel();
+        for writer in writers {
+            let _ = writer.await;
+        }
     }
 }

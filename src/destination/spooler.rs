@@ -77,7 +77,6 @@ struct Spooler<'a> {
     queue: &'a Queue,
     stats: Arc<DestinationStats>,
     settings: SpoolerSettings,
-    acked_seq_end: u64,
     /// Set when a write was refused under `block`: the lane is retried on the next tick, not at once.
     blocked: bool,
     unsynced_since: Option<Instant>,
@@ -93,7 +92,6 @@ impl<'a> Spooler<'a> {
             queue,
             stats: Arc::clone(queue.stats()),
             settings,
-            acked_seq_end: 0,
             blocked: false,
             unsynced_since: None,
             last_probe: None,
@@ -107,7 +105,8 @@ impl<'a> Spooler<'a> {
         loop {
             let work = self.queue.spooler_wait(&mut to_write, TICK, !self.blocked);
             self.blocked = false;
-            self.acknowledge(work.acked_seq_end);
+            // The spool ignores what it has had already.
+            self.spool.ack(work.acked_seq_end);
             self.write(&mut to_write);
             if work.replay_room {
                 self.replay();
@@ -120,13 +119,6 @@ impl<'a> Spooler<'a> {
                 self.finish();
                 return;
             }
-        }
-    }
-
-    fn acknowledge(&mut self, acked_seq_end: u64) {
-        if acked_seq_end > self.acked_seq_end {
-            self.acked_seq_end = acked_seq_end;
-            self.spool.ack(acked_seq_end);
         }
     }
 
