@@ -187,23 +187,31 @@ impl Cli {
         }
         if let Some(n_lines) = self.queue_cap {
             config.destination.queue_capacity_lines = n_lines;
+            config
+                .destination_keys_from_flags
+                .push("queue_capacity_lines");
         }
         if let Some(bytes) = self.queue_max_bytes {
             config.destination.queue_max_bytes = bytes;
+            config.destination_keys_from_flags.push("queue_max_bytes");
         }
         if let Some(overflow) = self.overflow {
             config.destination.overflow = overflow;
+            config.destination_keys_from_flags.push("overflow");
         }
         if let Some(dir) = &self.spool_dir {
             // As `-destinations=""` and `-stats-addr=""` turn theirs off, `-spool-dir=""` turns off a spool the file
             // sets (the file itself cannot say `""`: that is a config error).
             config.destination.spool_dir = (!dir.as_os_str().is_empty()).then(|| dir.clone());
+            config.destination_keys_from_flags.push("spool_dir");
         }
         if let Some(mode) = self.spool_mode {
             config.destination.spool_mode = mode;
+            config.destination_keys_from_flags.push("spool_mode");
         }
         if let Some(bytes) = self.spool_max_bytes {
             config.destination.spool_max_bytes = bytes;
+            config.destination_keys_from_flags.push("spool_max_bytes");
         }
         if let Some(address) = &self.stats_addr {
             config.stats.address.clone_from(address);
@@ -326,7 +334,9 @@ mod tests {
     fn check(args: &[&str], expected: impl FnOnce(&mut Config)) {
         let mut expected_config = Config::default();
         expected(&mut expected_config);
-        let (config, mode) = config_of(args).unwrap_or_else(|err| panic!("{args:?}: {err}"));
+        let (mut config, mode) = config_of(args).unwrap_or_else(|err| panic!("{args:?}: {err}"));
+        // Which keys flags set is checked by `flags_win_over_a_clusters_own_settings`.
+        config.destination_keys_from_flags.clear();
         assert_eq!(config, expected_config, "{args:?}");
         assert_eq!(mode, Mode::Run, "{args:?}");
     }
@@ -535,6 +545,22 @@ mod tests {
         assert_eq!(config.listen.port, 2003);
         let (_, mode) = config_of(&["-t", &format!("-c{path}")]).unwrap();
         assert_eq!(mode, Mode::Check);
+    }
+
+    #[test]
+    fn flags_win_over_a_clusters_own_settings() {
+        let file = config_file(
+            "[[cluster]]\nname = \"c\"\nmethod = \"forward\"\nmembers = [\"a:1\"]\n\
+             queue_max_bytes = \"32MiB\"\nspool_mode = \"always\"\n",
+        );
+        let path = file.path().to_str().unwrap();
+        let (config, _) = config_of(&["-c", path, "-queue-max-bytes", "2MiB"]).unwrap();
+        let plans = config.destination_plans().unwrap();
+        assert_eq!(plans[0].config.queue_max_bytes, 2 * 1024 * 1024);
+        assert_eq!(plans[0].config.spool_mode, SpoolMode::Always);
+        let (config, _) = config_of(&["-c", path]).unwrap();
+        let plans = config.destination_plans().unwrap();
+        assert_eq!(plans[0].config.queue_max_bytes, 32 * 1024 * 1024);
     }
 
     #[test]

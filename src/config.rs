@@ -12,6 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::destination::Identity;
 
+mod routing;
+
+pub use routing::{
+    moves_lines, replacement_template, ClusterConfig, ClusterMethod, DestinationPlan, Flavour,
+    ResolvedCluster, RewriteConfig, RouteConfig, BLACKHOLE, DEFAULT_CLUSTER,
+};
+
 /// Why a configuration could not be loaded or is not usable.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,6 +70,19 @@ pub struct Config {
     pub stats: StatsConfig,
     /// Logging.
     pub log: LogConfig,
+    /// Named sets of destinations and how lines are spread over them (`[[cluster]]`), beside the `default` cluster
+    /// of `destinations`.
+    #[serde(rename = "cluster", skip_serializing_if = "Vec::is_empty")]
+    pub clusters: Vec<ClusterConfig>,
+    /// Which lines go to which clusters (`[[route]]`), in order. None: every line goes to every cluster.
+    #[serde(rename = "route", skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<RouteConfig>,
+    /// Path rewrites applied in order before routing (`[[rewrite]]`).
+    #[serde(rename = "rewrite", skip_serializing_if = "Vec::is_empty")]
+    pub rewrites: Vec<RewriteConfig>,
+    /// The `[destination]` keys command-line flags set: they win over a cluster's own value for that key.
+    #[serde(skip)]
+    pub destination_keys_from_flags: Vec<&'static str>,
 }
 
 /// The plaintext TCP listener.
@@ -378,6 +398,10 @@ impl Default for Config {
             destination: DestinationConfig::default(),
             stats: StatsConfig::default(),
             log: LogConfig::default(),
+            clusters: Vec::new(),
+            routes: Vec::new(),
+            rewrites: Vec::new(),
+            destination_keys_from_flags: Vec::new(),
         }
     }
 }
@@ -489,27 +513,17 @@ impl Config {
         toml::from_str(text).map_err(|err| err.to_string().trim_end().to_string())
     }
 
-    /// The destinations' identities, in config order.
+    /// The destinations' identities, in config order: `destinations`, then each cluster's members not named before.
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] for `destinations` when an entry does not parse or one identity is listed twice.
+    /// As [`Config::destination_plans`].
     pub fn destination_identities(&self) -> Result<Vec<Identity>, Error> {
-        let invalid = |message: String| Error::Invalid {
-            key: "destinations",
-            message,
-        };
-        let mut identities: Vec<Identity> = Vec::with_capacity(self.destinations.len());
-        for destination in &self.destinations {
-            let identity = Identity::parse(destination).map_err(invalid)?;
-            if identities.contains(&identity) {
-                return Err(invalid(format!(
-                    "{identity} is listed twice: one identity is one destination"
-                )));
-            }
-            identities.push(identity);
-        }
-        Ok(identities)
+        Ok(self
+            .destination_plans()?
+            .into_iter()
+            .map(|plan| plan.identity)
+            .collect())
     }
 
     /// Checks every value's range and the relations between values.
@@ -524,7 +538,7 @@ impl Config {
                 message: message.into(),
             })
         }
-        self.destination_identities()?;
+        let plans = self.destination_plans()?;
         if self.listen.address.is_empty() {
             return invalid("listen.address", "must not be empty");
         }
@@ -542,19 +556,6 @@ impl Config {
                 self.listen.partial_line_timeout,
             ),
             ("listen.flush_interval", self.listen.flush_interval),
-            (
-                "destination.connect_timeout",
-                self.destination.connect_timeout,
-            ),
-            ("destination.write_timeout", self.destination.write_timeout),
-            (
-                "destination.tcp_user_timeout",
-                self.destination.tcp_user_timeout(),
-            ),
-            (
-                "destination.retry_interval",
-                self.destination.retry_interval,
-            ),
             ("stats.log_interval", self.stats.log_interval),
             ("stats.metrics_flush", self.stats.metrics_flush),
             ("stats.header_read_timeout", self.stats.header_read_timeout),
@@ -581,34 +582,6 @@ impl Config {
                 "must exceed line.max_line_bytes and be at most 16 MiB",
             );
         }
-        if self.destination.spool_max_bytes < MIN_SPOOL_MAX_BYTES {
-            return invalid("destination.spool_max_bytes", "must be at least 1MiB");
-        }
-        let n_destinations = self.destinations.len().max(1) as u64;
-        if self.destination.spool_total_max_bytes != 0
-            && self.destination.spool_total_max_bytes / n_destinations < MIN_SPOOL_MAX_BYTES
-        {
-            return invalid(
-                "destination.spool_total_max_bytes",
-                "must be 0 (no total bound) or leave each destination at least 1MiB",
-            );
-        }
-        if let SpoolSync::Interval(interval) = self.destination.spool_sync {
-            if interval.is_zero() || interval > MAX_DURATION {
-                return invalid(
-                    "destination.spool_sync",
-                    "must be more than 0s and at most a year, \"batch\" or \"never\"",
-                );
-            }
-        }
-        if self
-            .destination
-            .spool_dir
-            .as_ref()
-            .is_some_and(|dir| dir.as_os_str().is_empty())
-        {
-            return invalid("destination.spool_dir", "must not be empty");
-        }
         if self.listen.batch_lines == 0 {
             return invalid("listen.batch_lines", "must be at least 1");
         }
@@ -618,56 +591,14 @@ impl Config {
         if self.listen.flush_interval.is_zero() {
             return invalid("listen.flush_interval", "must be more than 0s");
         }
-        if self.destination.queue_capacity_lines == 0 {
-            return invalid("destination.queue_capacity_lines", "must be at least 1");
-        }
-        if self.destination.queue_max_bytes < self.listen.batch_max_bytes as u64 {
+        self.destination.validate(self.listen.batch_max_bytes)?;
+        let n_destinations = plans.len().max(1) as u64;
+        if self.destination.spool_total_max_bytes != 0
+            && self.destination.spool_total_max_bytes / n_destinations < MIN_SPOOL_MAX_BYTES
+        {
             return invalid(
-                "destination.queue_max_bytes",
-                "must hold at least one batch (listen.batch_max_bytes)",
-            );
-        }
-        for (key, duration) in [
-            (
-                "destination.connect_timeout",
-                self.destination.connect_timeout,
-            ),
-            ("destination.write_timeout", self.destination.write_timeout),
-            (
-                "destination.retry_interval",
-                self.destination.retry_interval,
-            ),
-            (
-                "destination.tcp_keepalive_idle",
-                self.destination.tcp_keepalive_idle,
-            ),
-            (
-                "destination.tcp_keepalive_interval",
-                self.destination.tcp_keepalive_interval,
-            ),
-        ] {
-            if duration.is_zero() {
-                return invalid(key, "must be more than 0s");
-            }
-        }
-        for (key, duration) in [
-            (
-                "destination.tcp_keepalive_idle",
-                self.destination.tcp_keepalive_idle,
-            ),
-            (
-                "destination.tcp_keepalive_interval",
-                self.destination.tcp_keepalive_interval,
-            ),
-        ] {
-            if duration > MAX_TCP_KEEPALIVE {
-                return invalid(key, "must be at most 32767s (the kernel's limit)");
-            }
-        }
-        if self.destination.tcp_user_timeout() > MAX_TCP_USER_TIMEOUT {
-            return invalid(
-                "destination.tcp_user_timeout",
-                "must be at most 24 days (the kernel's limit); unset, it is destination.write_timeout",
+                "destination.spool_total_max_bytes",
+                "must be 0 (no total bound) or leave each destination at least 1MiB",
             );
         }
         if !self.stats.address.is_empty() && split_bind_address(&self.stats.address).is_none() {
@@ -695,6 +626,91 @@ impl Config {
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", err.to_string());
+        }
+        self.validate_routing()
+    }
+}
+
+impl DestinationConfig {
+    /// Checks the ranges of a destination's settings (those of `[destination]`, or of a cluster's members).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] naming the first offending key as `destination.KEY`.
+    pub fn validate(&self, batch_max_bytes: usize) -> Result<(), Error> {
+        fn invalid(key: &'static str, message: impl Into<String>) -> Result<(), Error> {
+            Err(Error::Invalid {
+                key,
+                message: message.into(),
+            })
+        }
+        for (key, duration) in [
+            ("destination.connect_timeout", self.connect_timeout),
+            ("destination.write_timeout", self.write_timeout),
+            ("destination.tcp_user_timeout", self.tcp_user_timeout()),
+            ("destination.retry_interval", self.retry_interval),
+        ] {
+            if duration > MAX_DURATION {
+                return invalid(key, "must be at most a year");
+            }
+        }
+        if self.spool_max_bytes < MIN_SPOOL_MAX_BYTES {
+            return invalid("destination.spool_max_bytes", "must be at least 1MiB");
+        }
+        if let SpoolSync::Interval(interval) = self.spool_sync {
+            if interval.is_zero() || interval > MAX_DURATION {
+                return invalid(
+                    "destination.spool_sync",
+                    "must be more than 0s and at most a year, \"batch\" or \"never\"",
+                );
+            }
+        }
+        if self
+            .spool_dir
+            .as_ref()
+            .is_some_and(|dir| dir.as_os_str().is_empty())
+        {
+            return invalid("destination.spool_dir", "must not be empty");
+        }
+        if self.queue_capacity_lines == 0 {
+            return invalid("destination.queue_capacity_lines", "must be at least 1");
+        }
+        if self.queue_max_bytes < batch_max_bytes as u64 {
+            return invalid(
+                "destination.queue_max_bytes",
+                "must hold at least one batch (listen.batch_max_bytes)",
+            );
+        }
+        for (key, duration) in [
+            ("destination.connect_timeout", self.connect_timeout),
+            ("destination.write_timeout", self.write_timeout),
+            ("destination.retry_interval", self.retry_interval),
+            ("destination.tcp_keepalive_idle", self.tcp_keepalive_idle),
+            (
+                "destination.tcp_keepalive_interval",
+                self.tcp_keepalive_interval,
+            ),
+        ] {
+            if duration.is_zero() {
+                return invalid(key, "must be more than 0s");
+            }
+        }
+        for (key, duration) in [
+            ("destination.tcp_keepalive_idle", self.tcp_keepalive_idle),
+            (
+                "destination.tcp_keepalive_interval",
+                self.tcp_keepalive_interval,
+            ),
+        ] {
+            if duration > MAX_TCP_KEEPALIVE {
+                return invalid(key, "must be at most 32767s (the kernel's limit)");
+            }
+        }
+        if self.tcp_user_timeout() > MAX_TCP_USER_TIMEOUT {
+            return invalid(
+                "destination.tcp_user_timeout",
+                "must be at most 24 days (the kernel's limit); unset, it is destination.write_timeout",
+            );
         }
         Ok(())
     }

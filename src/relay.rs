@@ -25,12 +25,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::Config;
-use crate::destination::{Destination, Identity, Queue, SpoolParts};
+use crate::config::{Config, DestinationPlan};
+use crate::destination::{Destination, Queue, SpoolParts};
 use crate::http;
 use crate::input::tcp::{self, ConnectionContext, ReadBufferBudget};
 use crate::line::Rules;
 use crate::net;
+use crate::router::table::RoutingTable;
 use crate::router::{Router, RouterConfig};
 use crate::spool;
 use crate::stats::{self, DropReason, Registry};
@@ -50,8 +51,8 @@ struct SpooledDestination {
     spooler: std::thread::JoinHandle<()>,
 }
 
-/// Opens the spool of every destination when `destination.spool_dir` is set (one `None` per destination when not):
-/// each in its own directory named by its identity, with its share of `spool_total_max_bytes`. What recovery found
+/// Opens the spool of every destination whose settings have a `spool_dir` (`None` for the others): each in its own
+/// directory named by its identity, with its share of `spool_total_max_bytes`. What recovery found
 /// corrupt is counted.
 ///
 /// # Errors
@@ -60,19 +61,21 @@ struct SpooledDestination {
 /// (the error names the lock file). `main` exits with 78 for these, as for other config errors.
 fn open_spools(
     config: &Config,
-    identities: &[Identity],
+    plans: &[DestinationPlan],
     registry: &Registry,
 ) -> anyhow::Result<Vec<Option<SpoolParts>>> {
-    let destination = &config.destination;
-    let Some(spool_dir) = &destination.spool_dir else {
-        return Ok(identities.iter().map(|_| None).collect());
-    };
-    let mut max_bytes = destination.spool_max_bytes;
-    if destination.spool_total_max_bytes > 0 && !identities.is_empty() {
-        max_bytes = max_bytes.min(destination.spool_total_max_bytes / identities.len() as u64);
-    }
+    let total_max_bytes = config.destination.spool_total_max_bytes;
     let mut spools = Vec::new();
-    for (identity, stats) in identities.iter().zip(&registry.destinations) {
+    for (plan, stats) in plans.iter().zip(&registry.destinations) {
+        let (identity, destination) = (&plan.identity, &plan.config);
+        let Some(spool_dir) = &destination.spool_dir else {
+            spools.push(None);
+            continue;
+        };
+        let mut max_bytes = destination.spool_max_bytes;
+        if total_max_bytes > 0 {
+            max_bytes = max_bytes.min(total_max_bytes / plans.len() as u64);
+        }
         let settings = spool::Settings {
             dir: spool_dir.join(spool::directory_name(&identity.to_string())),
             max_bytes,
@@ -153,11 +156,12 @@ impl Relay {
     /// An invalid config, or a listener that cannot bind (the message names the address).
     pub async fn start(config: Config) -> anyhow::Result<Relay> {
         config.validate()?;
-        let identities = config.destination_identities()?;
-        let names: Vec<String> = identities.iter().map(ToString::to_string).collect();
+        let plans = config.destination_plans()?;
+        let table = RoutingTable::new(&config)?;
+        let names: Vec<String> = plans.iter().map(|plan| plan.identity.to_string()).collect();
         let registry = Arc::new(Registry::new(&names));
         // Before anything binds: a spool another relay holds must stop this one before it takes a port.
-        let mut spools = open_spools(&config, &identities, &registry)?;
+        let mut spools = open_spools(&config, &plans, &registry)?;
 
         let listener = net::bind(&config.listen.address, config.listen.port).await?;
         let listen_address = listener
@@ -177,7 +181,7 @@ impl Relay {
         // Writers of destinations with a spool stop early enough at shutdown to leave time to spool the rest.
         let stop_spooled = stop.child_token();
         let mut spooled = Vec::new();
-        for ((identity, stats), spool) in identities
+        for ((plan, stats), spool) in plans
             .iter()
             .zip(&registry.destinations)
             .zip(spools.drain(..))
@@ -188,8 +192,8 @@ impl Relay {
                 stop.clone()
             };
             let destination = Destination::spawn(
-                identity,
-                &config.destination,
+                &plan.identity,
+                &plan.config,
                 Arc::clone(stats),
                 Arc::clone(&room),
                 writer_stop,
@@ -213,6 +217,8 @@ impl Relay {
         }
         let router = Arc::new(Router::new(RouterConfig {
             destinations: handles,
+            table,
+            rules: Rules::from_config(&config.line),
             room,
             registry: Arc::clone(&registry),
             console_out: config.log.console_out,
@@ -231,6 +237,9 @@ impl Relay {
         });
         let connections = TaskTracker::new();
         let edge_tasks = TaskTracker::new();
+        let mover = Arc::clone(&router);
+        let mover_stop = edges.clone();
+        edge_tasks.spawn(async move { mover.move_from_out_members(mover_stop).await });
         info!("Metrics listener started: {listen_address}");
         edge_tasks.spawn(tcp::run(
             listener,

@@ -36,6 +36,10 @@ pub fn lag_watermark_bytes(queue_max_bytes: usize) -> usize {
     LAG_WATERMARK_MAX_BYTES.min(queue_max_bytes / 4)
 }
 
+/// How long a destination must stay unreachable before clusters that move lines (`any_of`, `failover`, `dynamic`)
+/// count it out: carbon-c-relay's threshold is about 1.5 s too. Shorter would move lines on every reconnect.
+pub const OUT_AFTER: Duration = Duration::from_millis(1500);
+
 /// One destination's health, written by its writer and read by the router.
 #[derive(Debug)]
 pub struct Health {
@@ -44,6 +48,9 @@ pub struct Health {
     unacked_bytes: AtomicI64,
     /// When the writer last made progress (wrote, was acknowledged, or had nothing to write), in ms since `epoch`.
     last_progress_ms: AtomicU64,
+    /// Since when the destination has been disconnected, in ms since `epoch` (0: since the start);
+    /// `u64::MAX` while connected.
+    down_since_ms: AtomicU64,
     epoch: Instant,
     /// Lag above which the destination is behind.
     lag_watermark_bytes: i64,
@@ -65,6 +72,7 @@ impl Health {
             stats,
             unacked_bytes: AtomicI64::new(0),
             last_progress_ms: AtomicU64::new(0),
+            down_since_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             lag_watermark_bytes: i64::try_from(lag_watermark_bytes).unwrap_or(i64::MAX),
             was_behind: AtomicBool::new(false),
@@ -75,6 +83,34 @@ impl Health {
     /// The destination's counters.
     pub fn stats(&self) -> &Arc<DestinationStats> {
         &self.stats
+    }
+
+    /// Records that the writer connected (`true`) or lost its connection (`false`).
+    pub fn set_connected(&self, connected: bool) {
+        self.stats.connected.store(connected, Ordering::Relaxed);
+        if connected {
+            self.down_since_ms.store(u64::MAX, Ordering::Relaxed);
+        } else {
+            let now_ms = self.epoch.elapsed().as_millis() as u64;
+            // Keeps the first moment of an outage across failed reconnects.
+            let _ = self.down_since_ms.compare_exchange(
+                u64::MAX,
+                now_ms,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// True once the destination has been unreachable for [`OUT_AFTER`]: `any_of`, `failover` and `dynamic`
+    /// clusters then send its share to other members, and move what it has queued to them.
+    pub fn is_out(&self) -> bool {
+        let down_since_ms = self.down_since_ms.load(Ordering::Relaxed);
+        if down_since_ms == u64::MAX {
+            return false;
+        }
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        now_ms.saturating_sub(down_since_ms) >= OUT_AFTER.as_millis() as u64
     }
 
     /// Records that the writer is keeping up: it wrote, the destination acknowledged more, or there was nothing to

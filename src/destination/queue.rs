@@ -638,6 +638,35 @@ impl Queue {
         self.spool_work.notify_all();
     }
 
+    /// Takes the queued batches that are only in memory (the priority lane and batches not read back from a
+    /// spool), in order, out of the queue without counting them as sent or dropped: a cluster hands them to other
+    /// members while this destination is out. Batches in flight stay with the writer, which hands them back on
+    /// failure; batches from the spool stay, to be acknowledged there.
+    pub fn take_queued(&self) -> Vec<Batch> {
+        let mut state = self.state.lock();
+        let state = &mut *state;
+        let mut taken: Vec<Batch> = state.priority.drain(..).collect();
+        state.priority_bytes = 0;
+        let mut kept = VecDeque::new();
+        for batch in state.batches.drain(..) {
+            if batch.spool_seq().is_some() {
+                kept.push_back(batch);
+            } else {
+                taken.push(batch);
+            }
+        }
+        state.batches = kept;
+        for batch in &taken {
+            state.n_lines -= batch.n_lines() as usize;
+            state.n_bytes -= batch.memory_bytes();
+        }
+        self.publish_gauges(state);
+        if self.limits.overflow == OverflowPolicy::Block {
+            self.room.notify_waiters();
+        }
+        taken
+    }
+
     /// Empties the memory part for the spooler at shutdown and returns, in order, the batches not yet in the spool
     /// (the priority lane, queued batches that never spilled, the spill lane). Batches read back from the spool are
     /// left out: they are still on disk, unacknowledged, and will be read again at the next start.

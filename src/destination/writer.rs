@@ -150,7 +150,7 @@ pub async fn run(
             }
         };
         stats.connects.fetch_add(1, Ordering::Relaxed);
-        stats.connected.store(true, Ordering::Relaxed);
+        health.set_connected(true);
         health.mark_progress();
         info!("Connected to destination: {}", settings.name);
         was_connected = true;
@@ -163,7 +163,7 @@ pub async fn run(
             &mut wrote_any,
         )
         .await;
-        stats.connected.store(false, Ordering::Relaxed);
+        health.set_connected(false);
         match ended {
             Ended::Drained | Ended::Stopped => return,
             Ended::Failed(err) => {

@@ -1,8 +1,10 @@
 //! The router: hands every batch to the destinations that should get it.
 //!
-//! Second stage, between the connections and the destination queues. Today every destination gets every line, so a
-//! batch is pushed to every queue as one shared buffer: fan-out costs a refcount per destination, not a copy.
-//! (Clusters with consistent hashing will decide per line here and build per-destination batches.)
+//! Second stage, between the connections and the destination queues. The [`table`] says where each line goes (the
+//! config's clusters, routes and rewrites). When every line goes to every destination unchanged (forward clusters,
+//! no rewrites: the default), a batch is pushed to every queue as one shared buffer, and fan-out costs a refcount per
+//! destination, not a copy. Otherwise the router decides per line and builds one batch per destination, each
+//! allocated once at its exact size ([`Routed`]).
 //!
 //! It also paces senders ([`pacing`]), so that healthy destinations lose nothing to a sender faster than they are:
 //! after handing over a batch, a connection waits while a healthy destination is more than its watermark (1 MiB)
@@ -16,6 +18,8 @@
 pub mod console_out;
 pub mod hash;
 pub mod pacing;
+mod routed;
+pub mod table;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,20 +29,30 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Batch;
-use crate::destination::{Handle, Pushed, Queue};
+use crate::destination::{Handle, Health, Pushed, Queue};
+use crate::line::Rules;
 use crate::stats::{DropReason, Registry};
 use console_out::ConsoleOut;
 use pacing::Pacer;
+use routed::Routed;
+use table::RoutingTable;
 
 /// How often a sender waiting for room (`block`, or a spill lane the disk has not taken yet) pushes again even
 /// without a wake-up: a lane whose disk stalled then drops by its policy instead of holding the sender.
 const BLOCK_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// How often the lines queued for members that are out move to the other members of their cluster.
+pub const MOVE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// What a [`Router`] is built from.
 #[derive(Debug)]
 pub struct RouterConfig {
-    /// Every destination's queue and health, in config order.
+    /// Every destination's queue and health, in the order of the table's destinations.
     pub destinations: Vec<Handle>,
+    /// Where lines go.
+    pub table: RoutingTable,
+    /// The line rules, for lines a rewrite changed.
+    pub rules: Rules,
     /// The notifier the destinations were built with: woken when one catches up or, under `block`, frees room.
     pub room: Arc<Notify>,
     /// Counters.
@@ -55,6 +69,9 @@ pub struct RouterConfig {
 #[derive(Debug)]
 pub struct Router {
     queues: Vec<Arc<Queue>>,
+    healths: Vec<Arc<Health>>,
+    table: RoutingTable,
+    rules: Rules,
     registry: Arc<Registry>,
     /// The `-console-out` thread, when enabled.
     console_out: Option<ConsoleOut>,
@@ -71,6 +88,8 @@ impl Router {
     pub fn new(config: RouterConfig) -> Router {
         let RouterConfig {
             destinations,
+            table,
+            rules,
             room,
             registry,
             console_out,
@@ -81,7 +100,7 @@ impl Router {
             .iter()
             .map(|destination| Arc::clone(&destination.queue))
             .collect();
-        let healths = destinations
+        let healths: Vec<Arc<Health>> = destinations
             .into_iter()
             .map(|destination| destination.health)
             .collect();
@@ -94,6 +113,9 @@ impl Router {
         });
         Router {
             queues,
+            healths: healths.clone(),
+            table,
+            rules,
             registry,
             console_out,
             pacer: Pacer::new(healths, room, draining),
@@ -119,6 +141,12 @@ impl Router {
         if let Some(console_out) = &self.console_out {
             console_out.print(&batch);
         }
+        if !self.table.sends_everything_everywhere() {
+            for (destination, batch) in self.split(&batch) {
+                self.push(&self.queues[destination], batch).await;
+            }
+            return;
+        }
         if self.queues.is_empty() {
             self.registry
                 .relay
@@ -127,22 +155,99 @@ impl Router {
             return;
         }
         for queue in &self.queues {
-            match queue.push(batch.clone()) {
-                Pushed::Full(refused) => self.push_blocking(queue, refused).await,
-                // Drops, and batches refused by a closed queue, are counted by the queue.
-                Pushed::Queued
-                | Pushed::QueuedEvicting
-                | Pushed::Spilled
-                | Pushed::Dropped
-                | Pushed::Closed => {}
-            }
+            self.push(queue, batch.clone()).await;
         }
     }
 
-    /// Hands a batch of self-metrics to every destination ahead of queued traffic.
+    async fn push(&self, queue: &Queue, batch: Batch) {
+        match queue.push(batch) {
+            Pushed::Full(refused) => self.push_blocking(queue, refused).await,
+            // Drops, and batches refused by a closed queue, are counted by the queue.
+            Pushed::Queued
+            | Pushed::QueuedEvicting
+            | Pushed::Spilled
+            | Pushed::Dropped
+            | Pushed::Closed => {}
+        }
+    }
+
+    /// Splits `batch` by the routing table into one batch per destination, and counts what goes nowhere.
+    fn split(&self, batch: &Batch) -> Vec<(usize, Batch)> {
+        let liveness = table::HealthLiveness(&self.healths);
+        let (batches, counts) = Routed::with_thread_local(|routed| {
+            routed.split(&self.table, &self.rules, &liveness, batch, None)
+        });
+        counts.add_to(&self.registry);
+        batches
+    }
+
+    /// Hands a batch of self-metrics to the destinations the routes give them, ahead of queued traffic: a hash
+    /// cluster stores each series once.
     pub fn dispatch_priority(&self, batch: Batch) {
+        if !self.table.sends_everything_everywhere() {
+            for (destination, batch) in self.split(&batch) {
+                self.queues[destination].push_priority(batch);
+            }
+            return;
+        }
         for queue in &self.queues {
             queue.push_priority(batch.clone());
+        }
+    }
+
+    /// Moves what members that are out hold queued to the other members of their cluster (`any_of`, `failover`,
+    /// `dynamic` hash clusters), every [`MOVE_INTERVAL`] until `stop` is cancelled. Validation keeps such members
+    /// out of other clusters, so everything in their queues is their cluster's.
+    pub async fn move_from_out_members(&self, stop: CancellationToken) {
+        let moving: Vec<(usize, Vec<usize>)> = self
+            .table
+            .clusters()
+            .iter()
+            .enumerate()
+            .filter(|(_, cluster)| cluster.moves_lines() && cluster.destinations.len() > 1)
+            .map(|(index, cluster)| (index, cluster.destinations.clone()))
+            .collect();
+        if moving.is_empty() {
+            return;
+        }
+        let mut interval = tokio::time::interval(MOVE_INTERVAL);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = interval.tick() => {}
+            }
+            for (cluster, destinations) in &moving {
+                for &destination in destinations {
+                    if !self.healths[destination].is_out() {
+                        continue;
+                    }
+                    let batches = self.queues[destination].take_queued();
+                    let n_lines: u64 = batches.iter().map(|batch| u64::from(batch.n_lines())).sum();
+                    if n_lines == 0 {
+                        continue;
+                    }
+                    self.queues[destination]
+                        .stats()
+                        .moved_lines
+                        .fetch_add(n_lines, Ordering::Relaxed);
+                    for batch in batches {
+                        let liveness = table::HealthLiveness(&self.healths);
+                        let (split, _) = Routed::with_thread_local(|routed| {
+                            routed.split(
+                                &self.table,
+                                &self.rules,
+                                &liveness,
+                                &batch,
+                                Some(*cluster),
+                            )
+                        });
+                        for (to, batch) in split {
+                            self.push(&self.queues[to], batch).await;
+                        }
+                    }
+                }
+            }
         }
     }
 

@@ -22,7 +22,9 @@
 //!
 //! The mapping to our counters: `metricsReceived` = `lines_received`, `metricsDiscarded` = `lines_invalid` except
 //! `empty` (carbon-c-relay also counts the empty line a CRLF leaves behind, which we do not call invalid),
-//! `metricsBlackholed` = `lines_dropped_no_destination`, per destination `sent` = `sent_lines`, `queued` =
+//! `metricsBlackholed` = `lines_dropped_no_destination` + `lines_no_route` + `lines_blackholed` (carbon-c-relay
+//! counts lines no rule matched and lines sent to `blackhole` there too), `metricsDiscarded` also counts
+//! `lines_rewrite_invalid`, per destination `sent` = `sent_lines`, `queued` =
 //! `queued_lines`, `dropped` = every reason of `dropped_lines`, `connections` = `connections_accepted`, and
 //! `disconnects` = `connections_accepted - connections_open`. Ours alone, with no carbon-c-relay counterpart:
 //! per destination `resent` = `resent_lines`, the lines queued again after a connection failed before the
@@ -66,8 +68,14 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
         n_lines: 0,
     };
     lines.push("metricsReceived", snapshot.lines.received);
-    lines.push("metricsBlackholed", snapshot.lines.dropped_no_destination);
-    lines.push("metricsDiscarded", snapshot.lines.invalid_total());
+    lines.push(
+        "metricsBlackholed",
+        snapshot.lines.dropped_no_destination + snapshot.lines.no_route + snapshot.lines.blackholed,
+    );
+    lines.push(
+        "metricsDiscarded",
+        snapshot.lines.invalid_total() + snapshot.lines.rewrite_invalid,
+    );
 
     let mut n_sent_total = 0;
     let mut n_queued_total = 0;
@@ -84,6 +92,12 @@ pub fn metrics_batch(prefix: &str, snapshot: &Snapshot, timestamp_secs: i64) -> 
             &format!("destinations.{name}.resent"),
             destination.resent_lines,
         );
+        if destination.moved_lines > 0 {
+            lines.push(
+                &format!("destinations.{name}.moved"),
+                destination.moved_lines,
+            );
+        }
         if let Some(spool) = &destination.spool {
             let n_spool_dropped = destination.dropped[DropReason::SpoolFull as usize]
                 + destination.dropped[DropReason::SpoolCorrupt as usize];

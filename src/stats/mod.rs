@@ -49,6 +49,12 @@ pub struct Stats {
     pub lines_noted: [AtomicU64; Note::ALL.len()],
     /// Valid lines dropped because no destination is configured.
     pub lines_dropped_no_destination: AtomicU64,
+    /// Valid lines no `[[route]]` matched.
+    pub lines_no_route: AtomicU64,
+    /// Valid lines the matching routes sent only to `blackhole`.
+    pub lines_blackholed: AtomicU64,
+    /// Lines a `[[rewrite]]` turned invalid (an empty or over-long path, say), not forwarded.
+    pub lines_rewrite_invalid: AtomicU64,
     /// Relayed lines `-console-out` did not print: stdout was too slow (its channel full) or closed. They were
     /// relayed all the same.
     pub lines_console_out_dropped: AtomicU64,
@@ -142,6 +148,9 @@ pub struct DestinationStats {
     /// Lines written to a connection that failed before the destination acknowledged them, and so queued again to
     /// be sent once more. The destination may have read some of them: this bounds the duplicates it can see.
     pub resent_lines: AtomicU64,
+    /// Lines taken from this destination's queue while it was out and handed to other members of its cluster
+    /// (`any_of`, `failover`, `dynamic`); they count as sent or dropped there.
+    pub moved_lines: AtomicU64,
     /// True when the destination has a disk spool (`destination.spool_dir` is set); set once when it is spawned.
     /// The `spool_*` counters below are shown (in `/stats`, self-metrics and the log) only while it is true.
     pub spool_enabled: AtomicBool,
@@ -239,6 +248,7 @@ impl DestinationStats {
             disconnects: AtomicU64::new(0),
             write_timeouts: AtomicU64::new(0),
             resent_lines: AtomicU64::new(0),
+            moved_lines: AtomicU64::new(0),
             spool_enabled: AtomicBool::new(false),
             spool_bytes: AtomicU64::new(0),
             spool_lines: AtomicU64::new(0),

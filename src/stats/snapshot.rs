@@ -78,6 +78,12 @@ pub struct LinesSnapshot {
     pub noted: [u64; Note::ALL.len()],
     /// `lines_dropped_no_destination`: valid lines dropped because no destination is configured.
     pub dropped_no_destination: u64,
+    /// `lines_no_route`: valid lines no route matched.
+    pub no_route: u64,
+    /// `lines_blackholed`: valid lines the matching routes sent only to `blackhole`.
+    pub blackholed: u64,
+    /// `lines_rewrite_invalid`: lines a rewrite turned invalid, not forwarded.
+    pub rewrite_invalid: u64,
     /// `lines_console_out_dropped`: relayed lines `-console-out` did not print (stdout too slow or closed).
     pub console_out_dropped: u64,
     /// `inbound_lines`: lines accepted but not yet in any destination queue (a gauge).
@@ -112,6 +118,8 @@ pub struct DestinationSnapshot {
     pub write_timeouts: u64,
     /// Lines written to a failed connection before the destination acknowledged them, and queued again.
     pub resent_lines: u64,
+    /// Lines handed to other members of its cluster while it was out.
+    pub moved_lines: u64,
     /// The destination's disk spool, or `None` (JSON `null`) when it has none (`spool_enabled` is false).
     pub spool: Option<SpoolSnapshot>,
 }
@@ -200,6 +208,9 @@ impl LinesSnapshot {
                 .each_ref()
                 .map(|counter| counter.load(Ordering::Relaxed)),
             dropped_no_destination: stats.lines_dropped_no_destination.load(Ordering::Relaxed),
+            no_route: stats.lines_no_route.load(Ordering::Relaxed),
+            blackholed: stats.lines_blackholed.load(Ordering::Relaxed),
+            rewrite_invalid: stats.lines_rewrite_invalid.load(Ordering::Relaxed),
             console_out_dropped: stats.lines_console_out_dropped.load(Ordering::Relaxed),
             inbound: stats.inbound_lines.load(Ordering::Relaxed),
         }
@@ -235,6 +246,7 @@ impl DestinationSnapshot {
             disconnects: stats.disconnects.load(Ordering::Relaxed),
             write_timeouts: stats.write_timeouts.load(Ordering::Relaxed),
             resent_lines: stats.resent_lines.load(Ordering::Relaxed),
+            moved_lines: stats.moved_lines.load(Ordering::Relaxed),
             spool: SpoolSnapshot::read(stats),
         }
     }
@@ -360,7 +372,10 @@ mod tests {
             ),
             "{text}"
         );
-        assert!(text.contains(r#""resent_lines":0,"spool":null}"#), "{text}");
+        assert!(
+            text.contains(r#""resent_lines":0,"moved_lines":0,"spool":null}"#),
+            "{text}"
+        );
     }
 
     #[test]

@@ -21,6 +21,8 @@ mod connections;
 mod stats_server;
 // The disk spool: spilling, replay in order, shutdown and restart, policies, the lock (`spool_crash` kills it).
 mod spool;
+// Clusters, routes and rewrites: consistent hashing, blackholes, any_of and failover members killed and restarted.
+mod routing;
 // The real Graphite peers (collectd, statsd, carbon-cache, carbon-c-relay) end to end; `--features peers`.
 #[cfg(feature = "peers")]
 mod peers;

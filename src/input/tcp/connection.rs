@@ -567,6 +567,12 @@ mod tests {
                 queue: Arc::clone(&queue),
                 health,
             }],
+            table: crate::router::table::RoutingTable::new(&crate::config::Config {
+                destinations: vec!["127.0.0.1:2003".to_string()],
+                ..crate::config::Config::default()
+            })
+            .unwrap(),
+            rules: Rules::from_config(&LineConfig::default()),
             room,
             registry: Arc::clone(&registry),
             console_out: false,

@@ -1,0 +1,202 @@
+//! Splitting a batch by the routing table into one batch per destination.
+//!
+//! Two passes over the batch's lines: the first rewrites and routes each line and sums, per destination, the bytes
+//! and lines it gets; the second allocates each destination's buffer once, at its exact size, and copies the lines
+//! in. A queue is charged what its batch really keeps alive, and nothing grows line by line. The per-line records
+//! and buffers live in a [`Routed`] kept per worker thread, so that in a steady state splitting allocates only the
+//! output batches.
+
+use std::cell::RefCell;
+use std::ops::Range;
+use std::sync::atomic::Ordering;
+
+use bytes::BytesMut;
+
+use super::table::{Decision, Liveness, RoutingTable, Scratch};
+use crate::batch::Batch;
+use crate::line::{self, Rules, Valid};
+use crate::stats::Registry;
+
+thread_local! {
+    static ROUTED: RefCell<Routed> = RefCell::new(Routed::default());
+}
+
+/// Lines a split sent nowhere, by reason.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NowhereCounts {
+    /// No route matched.
+    pub no_route: u64,
+    /// Only `blackhole` targets matched.
+    pub blackholed: u64,
+    /// A rewrite made the line invalid (an empty path, say).
+    pub rewrite_invalid: u64,
+}
+
+impl NowhereCounts {
+    /// Adds the counts to the relay's counters.
+    pub fn add_to(&self, registry: &Registry) {
+        let relay = &registry.relay;
+        for (counter, n) in [
+            (&relay.lines_no_route, self.no_route),
+            (&relay.lines_blackholed, self.blackholed),
+            (&relay.lines_rewrite_invalid, self.rewrite_invalid),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// Where one line's bytes are and which destinations it goes to.
+#[derive(Debug, Clone)]
+struct LineRoute {
+    /// In the input batch, or in `rewritten` when `rewritten_line` is set.
+    bytes: Range<usize>,
+    rewritten_line: bool,
+    /// Into `targets`.
+    targets: Range<usize>,
+}
+
+/// Reusable state of a split.
+#[derive(Debug, Default)]
+pub struct Routed {
+    scratch: Scratch,
+    decision: Decision,
+    lines: Vec<LineRoute>,
+    targets: Vec<usize>,
+    /// Normal forms of rewritten lines, LF-terminated.
+    rewritten: BytesMut,
+    /// A rewritten line being put together.
+    line: Vec<u8>,
+    n_bytes: Vec<usize>,
+    n_lines: Vec<u32>,
+}
+
+impl Routed {
+    /// Runs `split` with this worker thread's state.
+    pub fn with_thread_local<T>(split: impl FnOnce(&mut Routed) -> T) -> T {
+        ROUTED.with(|routed| match routed.try_borrow_mut() {
+            Ok(mut routed) => split(&mut routed),
+            // Not reachable (a split never re-enters), but a fresh state is as correct as the shared one.
+            Err(_) => split(&mut Routed::default()),
+        })
+    }
+
+    /// Splits `batch` by `table`: one batch per destination that gets any of its lines, in destination order, and
+    /// the counts of lines that go nowhere. With `within` a cluster, the lines (already rewritten and routed once)
+    /// are routed within that cluster only.
+    pub fn split(
+        &mut self,
+        table: &RoutingTable,
+        rules: &Rules,
+        liveness: &impl Liveness,
+        batch: &Batch,
+        within: Option<usize>,
+    ) -> (Vec<(usize, Batch)>, NowhereCounts) {
+        let n_destinations = table.n_destinations();
+        self.lines.clear();
+        self.targets.clear();
+        self.rewritten.clear();
+        self.n_bytes.clear();
+        self.n_bytes.resize(n_destinations, 0);
+        self.n_lines.clear();
+        self.n_lines.resize(n_destinations, 0);
+        let mut counts = NowhereCounts::default();
+        let bytes = batch.bytes();
+        let mut line_start = 0;
+        for line_end in memchr::memchr_iter(b'\n', bytes) {
+            let line = &bytes[line_start..=line_end];
+            let mut route = LineRoute {
+                bytes: line_start..line_end + 1,
+                rewritten_line: false,
+                targets: 0..0,
+            };
+            line_start = line_end + 1;
+            let path_end = memchr::memchr(b' ', line).unwrap_or(line.len() - 1);
+            if table.has_rewrites() && within.is_none() {
+                if let Some(new_path) = table.rewrite(&line[..path_end], &mut self.scratch) {
+                    self.line.clear();
+                    self.line.extend_from_slice(new_path);
+                    self.line.extend_from_slice(&line[path_end..line.len() - 1]);
+                    let start = self.rewritten.len();
+                    match line::check(&self.line, rules, &mut self.rewritten) {
+                        Ok(Valid::AsIs(_)) => {
+                            self.rewritten.extend_from_slice(&self.line);
+                            self.rewritten.extend_from_slice(b"\n");
+                        }
+                        Ok(Valid::Rewritten(_)) => {}
+                        Err(_) => {
+                            counts.rewrite_invalid += 1;
+                            continue;
+                        }
+                    }
+                    route.bytes = start..self.rewritten.len();
+                    route.rewritten_line = true;
+                }
+            }
+            let line = if route.rewritten_line {
+                &self.rewritten[route.bytes.clone()]
+            } else {
+                line
+            };
+            let path_end = memchr::memchr(b' ', line).unwrap_or(line.len() - 1);
+            let path = &line[..path_end];
+            match within {
+                None => table.route(path, liveness, &mut self.scratch, &mut self.decision),
+                Some(cluster) => table.route_in_cluster(
+                    cluster,
+                    path,
+                    liveness,
+                    &mut self.scratch,
+                    &mut self.decision,
+                ),
+            }
+            if self.decision.destinations.is_empty() {
+                if !self.decision.matched {
+                    counts.no_route += 1;
+                } else if self.decision.blackholed {
+                    counts.blackholed += 1;
+                }
+                continue;
+            }
+            let first_target = self.targets.len();
+            for &destination in &self.decision.destinations {
+                self.n_bytes[destination] += line.len();
+                self.n_lines[destination] += 1;
+                self.targets.push(destination);
+            }
+            route.targets = first_target..self.targets.len();
+            self.lines.push(route);
+        }
+        let mut buffers: Vec<Option<BytesMut>> = self
+            .n_bytes
+            .iter()
+            .map(|&n_bytes| (n_bytes > 0).then(|| BytesMut::with_capacity(n_bytes)))
+            .collect();
+        for route in &self.lines {
+            let line = if route.rewritten_line {
+                &self.rewritten[route.bytes.clone()]
+            } else {
+                &bytes[route.bytes.clone()]
+            };
+            for &destination in &self.targets[route.targets.clone()] {
+                if let Some(buffer) = &mut buffers[destination] {
+                    buffer.extend_from_slice(line);
+                }
+            }
+        }
+        let batches = buffers
+            .into_iter()
+            .enumerate()
+            .filter_map(|(destination, buffer)| {
+                let buffer = buffer?;
+                Some((
+                    destination,
+                    Batch::new(buffer.freeze(), self.n_lines[destination]),
+                ))
+            })
+            .collect();
+        (batches, counts)
+    }
+}

@@ -1,0 +1,584 @@
+//! The routing table: which destinations a path goes to, compiled once from the config's clusters, routes and
+//! rewrites.
+//!
+//! Pure: no I/O, no allocation per path once its scratch buffers have grown. The router asks it per line; the
+//! `-test-routes` tool asks it too, so what the tool prints is what the relay does. A member's reachability comes in
+//! through [`Liveness`], so `any_of`, `failover` and `dynamic` hash clusters decide with the health the router sees,
+//! and the tool with every member up.
+//!
+//! Per line: rewrites in order (each on the result of the one before), then routes in order; a line goes to every
+//! route that matches, until one with `stop`; each target cluster picks its members by its method. A destination
+//! named by several targets gets the line once.
+
+use regex::bytes::{CaptureLocations, Regex};
+
+use super::hash::carbon::CarbonRing;
+use super::hash::ccr::{CcrMethod, CcrRing};
+use super::hash::Member;
+use crate::config::{
+    replacement_template, ClusterMethod, Config, Error, Flavour, ResolvedCluster, BLACKHOLE,
+};
+use crate::destination::{Health, Identity};
+
+/// Numbers routing tables, so that a [`Scratch`] notices a new one.
+static NEXT_TABLE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Whether a destination is in use for routing: `any_of`, `failover` and `dynamic` hash clusters skip members that
+/// are out.
+pub trait Liveness {
+    /// Whether destination `destination` (an index into the routing table's destinations) is up.
+    fn is_up(&self, destination: usize) -> bool;
+}
+
+/// Every member up: what `-test-routes` shows.
+#[derive(Debug, Clone, Copy)]
+pub struct AllUp;
+
+impl Liveness for AllUp {
+    fn is_up(&self, _destination: usize) -> bool {
+        true
+    }
+}
+
+/// The router's view: a destination is up unless its [`Health`] says it is out.
+#[derive(Debug, Clone, Copy)]
+pub struct HealthLiveness<'a>(pub &'a [std::sync::Arc<Health>]);
+
+impl Liveness for HealthLiveness<'_> {
+    fn is_up(&self, destination: usize) -> bool {
+        self.0
+            .get(destination)
+            .is_none_or(|health| !health.is_out())
+    }
+}
+
+/// The compiled clusters, routes and rewrites.
+#[derive(Debug)]
+pub struct RoutingTable {
+    rewrites: Vec<Rewrite>,
+    routes: Vec<Route>,
+    clusters: Vec<Cluster>,
+    n_destinations: usize,
+    /// No rewrite, and every line goes to every destination once: the router can share each batch whole.
+    sends_everything_everywhere: bool,
+    /// Tells a [`Scratch`] whose capture buffers it holds.
+    id: u64,
+}
+
+/// A cluster with its members as destination indices.
+#[derive(Debug)]
+pub struct Cluster {
+    /// Its name.
+    pub name: String,
+    /// Its method.
+    pub method: ClusterMethod,
+    /// Each member's destination index, in config order.
+    pub destinations: Vec<usize>,
+    /// Each member as written in `members`.
+    pub member_names: Vec<String>,
+    ring: Option<Ring>,
+    replication: usize,
+    dynamic: bool,
+}
+
+/// A hash cluster's ring.
+#[derive(Debug)]
+enum Ring {
+    Carbon(CarbonRing),
+    Ccr(CcrRing),
+}
+
+#[derive(Debug)]
+struct Rewrite {
+    regex: Regex,
+    /// The replacement, split into literal bytes and group references.
+    parts: Vec<Part>,
+}
+
+#[derive(Debug)]
+enum Part {
+    Literal(Vec<u8>),
+    Group(usize),
+}
+
+#[derive(Debug)]
+enum Matcher {
+    Every,
+    Regex(Regex),
+    Prefix(Vec<u8>),
+    Suffix(Vec<u8>),
+}
+
+#[derive(Debug)]
+struct Route {
+    matcher: Matcher,
+    targets: Vec<Target>,
+    stop: bool,
+}
+
+/// What a route sends to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target {
+    /// A cluster, by index into [`RoutingTable::clusters`].
+    Cluster(usize),
+    /// Discard, counted as `blackholed`.
+    Blackhole,
+}
+
+/// Where one line goes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Destination indices, each once, in the order targets named them.
+    pub destinations: Vec<usize>,
+    /// A matching route sent it to `blackhole`.
+    pub blackholed: bool,
+    /// Some route matched.
+    pub matched: bool,
+}
+
+/// Buffers reused from line to line.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    members: Vec<usize>,
+    walk: Vec<usize>,
+    /// One per rewrite of the table `table_id` names (a table's regexes only take their own).
+    locations: Vec<CaptureLocations>,
+    table_id: u64,
+    rewritten: Vec<u8>,
+    other: Vec<u8>,
+}
+
+impl RoutingTable {
+    /// Compiles the routing of a validated `config`; destination indices are those of
+    /// [`Config::destination_plans`].
+    ///
+    /// # Errors
+    ///
+    /// What [`Config::validate`] reports for the routing keys (the table is normally built from a validated config).
+    pub fn new(config: &Config) -> Result<RoutingTable, Error> {
+        let (plans, resolved) = config.resolve_clusters()?;
+        let identities: Vec<&Identity> = plans.iter().map(|plan| &plan.identity).collect();
+        let clusters: Vec<Cluster> = resolved
+            .iter()
+            .map(|cluster| Cluster::new(cluster, &identities))
+            .collect();
+        let invalid = |key: &'static str, message: String| Error::Invalid { key, message };
+        let mut routes = Vec::with_capacity(config.routes.len().max(1));
+        for route in &config.routes {
+            let matcher = match (&route.pattern, &route.prefix, &route.suffix) {
+                (Some(pattern), _, _) => Matcher::Regex(
+                    Regex::new(pattern).map_err(|err| invalid("route", err.to_string()))?,
+                ),
+                (_, Some(prefix), _) => Matcher::Prefix(prefix.as_bytes().to_vec()),
+                (_, _, Some(suffix)) => Matcher::Suffix(suffix.as_bytes().to_vec()),
+                _ => Matcher::Every,
+            };
+            let mut targets = Vec::with_capacity(route.send_to.len());
+            for name in &route.send_to {
+                let target = if name == BLACKHOLE {
+                    Target::Blackhole
+                } else {
+                    let index = clusters
+                        .iter()
+                        .position(|cluster| &cluster.name == name)
+                        .ok_or_else(|| invalid("route", format!("no cluster {name:?}")))?;
+                    Target::Cluster(index)
+                };
+                targets.push(target);
+            }
+            routes.push(Route {
+                matcher,
+                targets,
+                stop: route.stop,
+            });
+        }
+        if config.routes.is_empty() {
+            routes.push(Route {
+                matcher: Matcher::Every,
+                targets: (0..clusters.len()).map(Target::Cluster).collect(),
+                stop: false,
+            });
+        }
+        let mut rewrites = Vec::with_capacity(config.rewrites.len());
+        for rewrite in &config.rewrites {
+            let regex =
+                Regex::new(&rewrite.pattern).map_err(|err| invalid("rewrite", err.to_string()))?;
+            let parts = parse_template(&regex, &replacement_template(&rewrite.replace));
+            rewrites.push(Rewrite { regex, parts });
+        }
+        let sends_everything_everywhere = rewrites.is_empty()
+            && routes
+                .iter()
+                .all(|route| matches!(route.matcher, Matcher::Every))
+            && covers_every_destination(&routes, &clusters, plans.len());
+        Ok(RoutingTable {
+            rewrites,
+            routes,
+            clusters,
+            n_destinations: plans.len(),
+            sends_everything_everywhere,
+            id: NEXT_TABLE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        })
+    }
+
+    /// How many destinations the table routes to.
+    pub fn n_destinations(&self) -> usize {
+        self.n_destinations
+    }
+
+    /// The clusters, `default` first when it exists.
+    pub fn clusters(&self) -> &[Cluster] {
+        &self.clusters
+    }
+
+    /// True when every line goes unchanged to every destination exactly once (no rewrites, every route matches
+    /// every line, and together they reach each destination once): the router then shares whole batches.
+    pub fn sends_everything_everywhere(&self) -> bool {
+        self.sends_everything_everywhere
+    }
+
+    /// Whether any rewrite exists.
+    pub fn has_rewrites(&self) -> bool {
+        !self.rewrites.is_empty()
+    }
+
+    /// Applies the rewrites to `path`. Returns the rewritten path (in `scratch`), or `None` when no rewrite matched.
+    pub fn rewrite<'s>(&self, path: &[u8], scratch: &'s mut Scratch) -> Option<&'s [u8]> {
+        if scratch.table_id != self.id || scratch.locations.len() != self.rewrites.len() {
+            scratch.locations = self
+                .rewrites
+                .iter()
+                .map(|rewrite| rewrite.regex.capture_locations())
+                .collect();
+            scratch.table_id = self.id;
+        }
+        let mut changed = false;
+        for (rewrite, locations) in self.rewrites.iter().zip(&mut scratch.locations) {
+            let input: &[u8] = if changed { &scratch.rewritten } else { path };
+            if rewrite.regex.captures_read(locations, input).is_none() {
+                continue;
+            }
+            let Some((match_start, match_end)) = locations.get(0) else {
+                continue;
+            };
+            scratch.other.clear();
+            scratch.other.extend_from_slice(&input[..match_start]);
+            for part in &rewrite.parts {
+                match part {
+                    Part::Literal(bytes) => scratch.other.extend_from_slice(bytes),
+                    Part::Group(group) => {
+                        if let Some((start, end)) = locations.get(*group) {
+                            scratch.other.extend_from_slice(&input[start..end]);
+                        }
+                    }
+                }
+            }
+            scratch.other.extend_from_slice(&input[match_end..]);
+            std::mem::swap(&mut scratch.rewritten, &mut scratch.other);
+            changed = true;
+        }
+        changed.then_some(scratch.rewritten.as_slice())
+    }
+
+    /// Routes `path` (already rewritten): calls `visit` for each target of each matching route, with the members
+    /// chosen (indices into the cluster's members, primary first). Returns whether any route matched.
+    pub fn route_targets(
+        &self,
+        path: &[u8],
+        liveness: &impl Liveness,
+        scratch: &mut Scratch,
+        mut visit: impl FnMut(Target, &[usize]),
+    ) -> bool {
+        let mut matched = false;
+        for route in &self.routes {
+            let is_match = match &route.matcher {
+                Matcher::Every => true,
+                Matcher::Regex(regex) => regex.is_match(path),
+                Matcher::Prefix(prefix) => path.starts_with(prefix),
+                Matcher::Suffix(suffix) => path.ends_with(suffix),
+            };
+            if !is_match {
+                continue;
+            }
+            matched = true;
+            for &target in &route.targets {
+                match target {
+                    Target::Blackhole => visit(target, &[]),
+                    Target::Cluster(index) => {
+                        self.clusters[index].choose(path, liveness, scratch);
+                        visit(target, &scratch.members);
+                    }
+                }
+            }
+            if route.stop {
+                break;
+            }
+        }
+        matched
+    }
+
+    /// Routes `path` (already rewritten) into `decision`.
+    pub fn route(
+        &self,
+        path: &[u8],
+        liveness: &impl Liveness,
+        scratch: &mut Scratch,
+        decision: &mut Decision,
+    ) {
+        decision.destinations.clear();
+        decision.blackholed = false;
+        let clusters = &self.clusters;
+        decision.matched =
+            self.route_targets(path, liveness, scratch, |target, members| match target {
+                Target::Blackhole => decision.blackholed = true,
+                Target::Cluster(index) => {
+                    for &member in members {
+                        let destination = clusters[index].destinations[member];
+                        if !decision.destinations.contains(&destination) {
+                            decision.destinations.push(destination);
+                        }
+                    }
+                }
+            });
+    }
+}
+
+impl RoutingTable {
+    /// Routes `path` within cluster `cluster` alone, into `decision`: where a line that cluster already took goes
+    /// now (the router moves an out member's queued lines with it).
+    pub fn route_in_cluster(
+        &self,
+        cluster: usize,
+        path: &[u8],
+        liveness: &impl Liveness,
+        scratch: &mut Scratch,
+        decision: &mut Decision,
+    ) {
+        decision.destinations.clear();
+        decision.blackholed = false;
+        decision.matched = true;
+        let cluster = &self.clusters[cluster];
+        cluster.choose(path, liveness, scratch);
+        decision.destinations.extend(
+            scratch
+                .members
+                .iter()
+                .map(|&member| cluster.destinations[member]),
+        );
+    }
+}
+
+impl Cluster {
+    /// Whether the cluster moves the lines of a member that is out to its other members.
+    pub fn moves_lines(&self) -> bool {
+        matches!(self.method, ClusterMethod::AnyOf | ClusterMethod::Failover)
+            || (self.method.is_hash() && self.dynamic)
+    }
+
+    fn new(resolved: &ResolvedCluster, identities: &[&Identity]) -> Cluster {
+        let config = &resolved.config;
+        let members: Vec<Member> = resolved
+            .destinations
+            .iter()
+            .map(|&index| {
+                let identity = identities[index];
+                Member {
+                    host: identity.host().to_string(),
+                    port: identity.port(),
+                    instance: identity.instance().map(str::to_string),
+                }
+            })
+            .collect();
+        let ring = match (config.method, config.flavour()) {
+            (ClusterMethod::CarbonCh, Flavour::Carbon) => Some(Ring::Carbon(CarbonRing::new(
+                &members,
+                config.diverse_replicas(),
+            ))),
+            (ClusterMethod::CarbonCh, Flavour::CarbonCRelay) => {
+                Some(Ring::Ccr(CcrRing::new(CcrMethod::CarbonCh, &members)))
+            }
+            // carbon's fnv1a_ch flavour lands with its fixtures; until then only carbon-c-relay's.
+            (ClusterMethod::Fnv1aCh, _) => {
+                Some(Ring::Ccr(CcrRing::new(CcrMethod::Fnv1aCh, &members)))
+            }
+            (ClusterMethod::JumpFnv1aCh, _) => {
+                Some(Ring::Ccr(CcrRing::new(CcrMethod::JumpFnv1aCh, &members)))
+            }
+            _ => None,
+        };
+        Cluster {
+            name: config.name.clone(),
+            method: config.method,
+            destinations: resolved.destinations.clone(),
+            member_names: config.members.clone(),
+            ring,
+            replication: config.replication,
+            dynamic: config.dynamic,
+        }
+    }
+
+    /// Writes into `scratch.members` the members `path` goes to, primary first.
+    fn choose(&self, path: &[u8], liveness: &impl Liveness, scratch: &mut Scratch) {
+        let out = &mut scratch.members;
+        out.clear();
+        let n_members = self.destinations.len();
+        let is_up = |member: usize| liveness.is_up(self.destinations[member]);
+        match self.method {
+            ClusterMethod::Forward => out.extend(0..n_members),
+            ClusterMethod::Failover => {
+                out.push((0..n_members).find(|&member| is_up(member)).unwrap_or(0));
+            }
+            ClusterMethod::AnyOf => {
+                let hash = fnv1a_64(path);
+                let primary = jump_consistent_hash(hash, n_members);
+                if is_up(primary) {
+                    out.push(primary);
+                } else {
+                    let n_up = (0..n_members).filter(|&member| is_up(member)).count();
+                    if n_up == 0 {
+                        out.push(primary);
+                    } else {
+                        // The same path picks the same stand-in while the same members are up.
+                        let nth = jump_consistent_hash(hash.rotate_left(32), n_up);
+                        out.extend((0..n_members).filter(|&member| is_up(member)).nth(nth));
+                    }
+                }
+            }
+            ClusterMethod::CarbonCh | ClusterMethod::Fnv1aCh | ClusterMethod::JumpFnv1aCh => {
+                let Some(ring) = &self.ring else { return };
+                if !self.dynamic {
+                    ring.members_for(path, self.replication, out);
+                    return;
+                }
+                let walk = &mut scratch.walk;
+                ring.members_for(path, n_members, walk);
+                out.extend(
+                    walk.iter()
+                        .copied()
+                        .filter(|&member| is_up(member))
+                        .take(self.replication),
+                );
+                if out.is_empty() {
+                    out.extend(walk.iter().copied().take(self.replication));
+                }
+            }
+        }
+    }
+}
+
+impl Ring {
+    fn members_for(&self, path: &[u8], replication: usize, out: &mut Vec<usize>) {
+        match self {
+            Ring::Carbon(ring) => ring.members_for(path, replication, out),
+            Ring::Ccr(ring) => ring.members_for(path, replication, out),
+        }
+    }
+}
+
+/// Whether the routes, all matching every line, reach every destination exactly once.
+fn covers_every_destination(routes: &[Route], clusters: &[Cluster], n_destinations: usize) -> bool {
+    let mut seen = vec![0_usize; n_destinations];
+    for route in routes {
+        for target in &route.targets {
+            match target {
+                Target::Blackhole => return false,
+                Target::Cluster(index) => {
+                    let cluster = &clusters[*index];
+                    if cluster.method != ClusterMethod::Forward {
+                        return false;
+                    }
+                    for &destination in &cluster.destinations {
+                        seen[destination] += 1;
+                    }
+                }
+            }
+        }
+        if route.stop {
+            break;
+        }
+    }
+    seen.iter().all(|&count| count == 1)
+}
+
+/// Splits a replacement template (`$1`, `${1}`, `${name}`, `$$`) into parts, resolving group names to indices.
+/// Validation has refused names the regex does not have.
+fn parse_template(regex: &Regex, template: &str) -> Vec<Part> {
+    let mut parts = Vec::new();
+    let mut literal = Vec::new();
+    let bytes = template.as_bytes();
+    let mut index = 0;
+    while index < bytes.len() {
+        if bytes[index] != b'$' {
+            literal.push(bytes[index]);
+            index += 1;
+            continue;
+        }
+        if bytes.get(index + 1) == Some(&b'$') {
+            literal.push(b'$');
+            index += 2;
+            continue;
+        }
+        let (name, next) = if bytes.get(index + 1) == Some(&b'{') {
+            match template[index + 2..].find('}') {
+                Some(end) => (&template[index + 2..index + 2 + end], index + 3 + end),
+                None => {
+                    literal.extend_from_slice(&bytes[index..]);
+                    break;
+                }
+            }
+        } else {
+            let end = template[index + 1..]
+                .find(|character: char| !(character.is_ascii_alphanumeric() || character == '_'))
+                .map_or(template.len(), |end| index + 1 + end);
+            (&template[index + 1..end], end)
+        };
+        let group = name.parse::<usize>().ok().or_else(|| {
+            regex
+                .capture_names()
+                .position(|group_name| group_name == Some(name))
+        });
+        match group {
+            Some(group) => {
+                if !literal.is_empty() {
+                    parts.push(Part::Literal(std::mem::take(&mut literal)));
+                }
+                parts.push(Part::Group(group));
+            }
+            None => literal.extend_from_slice(&bytes[index..next]),
+        }
+        index = next;
+    }
+    if !literal.is_empty() {
+        parts.push(Part::Literal(literal));
+    }
+    parts
+}
+
+/// 64-bit FNV-1a over bytes as unsigned (the textbook one): `any_of`'s spread, which has no compatibility to keep.
+fn fnv1a_64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Lamping and Veach's jump consistent hash: a bucket in `0..n_buckets` that moves for only 1/n of keys when a
+/// bucket is added.
+fn jump_consistent_hash(mut key: u64, n_buckets: usize) -> usize {
+    let mut bucket: i64 = -1;
+    let mut next: i64 = 0;
+    let n_buckets = i64::try_from(n_buckets).unwrap_or(i64::MAX);
+    while next < n_buckets {
+        bucket = next;
+        key = key.wrapping_mul(2_862_933_555_777_941_757).wrapping_add(1);
+        #[allow(clippy::cast_precision_loss)]
+        let scale = (1_u64 << 31) as f64 / ((key >> 33) + 1) as f64;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)]
+        {
+            next = ((bucket + 1) as f64 * scale) as i64;
+        }
+    }
+    usize::try_from(bucket.max(0)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests;
