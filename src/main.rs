@@ -11,7 +11,7 @@ use anyhow::Context as _;
 use polymur::cli::{self, Mode};
 use polymur::config::{Config, LogFormat};
 use polymur::relay::Relay;
-use polymur::shutdown::ShutdownSignals;
+use polymur::shutdown::{ShutdownSignals, Signal};
 use tracing::{debug, error, info, warn};
 use tracing_subscriber::EnvFilter;
 
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    let (config, mode) = match cli.into_config() {
+    let (config, mode) = match cli.clone().into_config() {
         Ok(config_and_mode) => config_and_mode,
         Err(err) => {
             eprintln!("polymur: {err}");
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config)) {
+    match runtime.block_on(run(config, cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             error!(error = %format!("{err:#}"), "relay failed");
@@ -72,12 +72,29 @@ fn main() -> ExitCode {
     }
 }
 
-/// Starts the relay and runs it until SIGTERM or SIGINT, then shuts it down.
-async fn run(config: Config) -> anyhow::Result<()> {
+/// Starts the relay and runs it until SIGTERM or SIGINT, then shuts it down. On SIGHUP it reads the config file
+/// again, applies the same command-line flags over it, and reloads; a config that does not load or validate is
+/// logged and the running one stays.
+async fn run(config: Config, cli: cli::Cli) -> anyhow::Result<()> {
     // Installed before the relay starts, so a signal during startup is not lost and SIGHUP never kills us.
-    let signals = ShutdownSignals::install().context("cannot install signal handlers")?;
-    let relay = Relay::start(config).await.context("cannot start")?;
-    let signal = signals.wait_for_shutdown_signal().await;
+    let mut signals = ShutdownSignals::install().context("cannot install signal handlers")?;
+    let mut relay = Relay::start(config).await.context("cannot start")?;
+    let signal = loop {
+        match signals.next().await {
+            Signal::Shutdown(signal) => break signal,
+            Signal::Reload => {
+                info!("SIGHUP: reloading the configuration");
+                let reloaded = match cli.clone().into_config() {
+                    Ok((config, _)) => relay.reload(config).await,
+                    Err(err) => Err(err.into()),
+                };
+                if let Err(err) = reloaded {
+                    error!(error = %format!("{err:#}"), "reload rejected, the running configuration stays");
+                }
+            }
+        }
+    };
+    signals.exit_on_second_signal();
     info!(%signal, "shutting down");
     let report = relay.shutdown().await;
     info!(lines_lost = report.lines_lost, "stopped");

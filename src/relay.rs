@@ -7,7 +7,14 @@
 //! connections read what their clients send for one second and hand over their last batches; close the queues; let
 //! writers drain; at the deadline stop them and count what is left per destination as dropped (`shutdown`), logged
 //! at ERROR; let `-console-out` print what it still holds, until the deadline; then the log ticker's last report.
-//! Queues and writers never watch a shutdown token: they end when their input ends. The stats server stops with the
+//! Queues and writers never watch a shutdown token: they end when their input ends.
+//!
+//! Reload ([`Relay::reload`], on SIGHUP): a new config is validated and its spools opened before anything changes,
+//! so a bad one leaves the running relay as it was. Destinations whose identity stays keep their queue, connection
+//! and spool; new ones start; the router swaps to the new table at once, without touching client connections; a
+//! removed destination's queue closes once no batch is being routed with the old table, and it drains for at most
+//! `shutdown_timeout` (with a spool, what it has not delivered by then stays on disk for a later config that names
+//! it again). The stats server stops with the
 //! edges but is not waited for before the queues close, since it feeds none: it ends on its own within
 //! `http::SHUTDOWN_GRACE`, while the writers drain, so a stalled stats client never holds up the exit by more than
 //! that.
@@ -25,16 +32,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, DestinationPlan};
-use crate::destination::{Destination, Queue, SpoolParts};
+use crate::config::{Config, DestinationConfig, DestinationPlan};
+use crate::destination::{Destination, Handle, Identity, SpoolParts};
 use crate::http;
 use crate::input::tcp::{self, ConnectionContext, ReadBufferBudget};
 use crate::line::Rules;
 use crate::net;
 use crate::router::table::RoutingTable;
-use crate::router::{Router, RouterConfig};
+use crate::router::{Router, RouterConfig, Routes};
 use crate::spool;
-use crate::stats::{self, DropReason, Registry};
+use crate::stats::{self, DestinationStats, DropReason, Registry};
 
 /// The part of shutdown's budget kept for spooling what destinations with a spool did not deliver: a quarter of
 /// `shutdown_timeout`, at most 5 s. Writing what a memory queue holds (64 MiB by default) to the page cache takes
@@ -43,59 +50,125 @@ pub fn spool_shutdown_reserve(shutdown_timeout: Duration) -> Duration {
     (shutdown_timeout / 4).min(Duration::from_secs(5))
 }
 
-/// A destination with a spool, as shutdown needs it.
+/// A destination the relay runs.
 #[derive(Debug)]
-struct SpooledDestination {
-    queue: Arc<Queue>,
+struct Running {
+    identity: Identity,
+    config: DestinationConfig,
+    stats: Arc<DestinationStats>,
+    handle: Handle,
     writer: JoinHandle<()>,
-    spooler: std::thread::JoinHandle<()>,
+    /// Its spooler thread, if it has a spool.
+    spooler: Option<std::thread::JoinHandle<()>>,
+    /// Cancelled to make its writer hand back what it holds: at its deadline, at shutdown or when a reload removed it.
+    stop: CancellationToken,
 }
 
-/// Opens the spool of every destination whose settings have a `spool_dir` (`None` for the others): each in its own
-/// directory named by its identity, with its share of `spool_total_max_bytes`. What recovery found
+/// Opens the spool of a destination whose settings have a `spool_dir` (`None` for the others), in its own directory
+/// named by its identity, with its share of `spool_total_max_bytes` over `n_destinations`. What recovery found
 /// corrupt is counted.
 ///
 /// # Errors
 ///
 /// A spool that cannot be opened: a directory that cannot be created or written, or one locked by another relay
 /// (the error names the lock file). `main` exits with 78 for these, as for other config errors.
-fn open_spools(
-    config: &Config,
-    plans: &[DestinationPlan],
-    registry: &Registry,
-) -> anyhow::Result<Vec<Option<SpoolParts>>> {
-    let total_max_bytes = config.destination.spool_total_max_bytes;
-    let mut spools = Vec::new();
-    for (plan, stats) in plans.iter().zip(&registry.destinations) {
-        let (identity, destination) = (&plan.identity, &plan.config);
-        let Some(spool_dir) = &destination.spool_dir else {
-            spools.push(None);
-            continue;
-        };
-        let mut max_bytes = destination.spool_max_bytes;
-        if total_max_bytes > 0 {
-            max_bytes = max_bytes.min(total_max_bytes / plans.len() as u64);
-        }
-        let settings = spool::Settings {
-            dir: spool_dir.join(spool::directory_name(&identity.to_string())),
-            max_bytes,
-            overflow: destination.spool_overflow,
-            sync: destination.spool_sync,
-        };
-        let (opened, recovered) = spool::Spool::open(settings)?;
-        if recovered.corrupt_lines > 0 {
-            stats.add_dropped(DropReason::SpoolCorrupt, recovered.corrupt_lines);
-            error!(destination = %identity, lines = recovered.corrupt_lines, "spool: corrupt records found at start, skipped");
-        }
-        if recovered.unread_lines > 0 {
-            info!(destination = %identity, lines = recovered.unread_lines, "spool: lines to replay");
-        }
-        spools.push(Some(SpoolParts {
-            spool: opened,
-            n_unread_records: recovered.unread_records,
-        }));
+fn open_spool(
+    plan: &DestinationPlan,
+    spool_total_max_bytes: u64,
+    n_destinations: usize,
+    stats: &DestinationStats,
+) -> anyhow::Result<Option<SpoolParts>> {
+    let (identity, destination) = (&plan.identity, &plan.config);
+    let Some(spool_dir) = &destination.spool_dir else {
+        return Ok(None);
+    };
+    let mut max_bytes = destination.spool_max_bytes;
+    if spool_total_max_bytes > 0 {
+        max_bytes = max_bytes.min(spool_total_max_bytes / n_destinations.max(1) as u64);
     }
-    Ok(spools)
+    let settings = spool::Settings {
+        dir: spool_dir.join(spool::directory_name(&identity.to_string())),
+        max_bytes,
+        overflow: destination.spool_overflow,
+        sync: destination.spool_sync,
+    };
+    let (opened, recovered) = spool::Spool::open(settings)?;
+    if recovered.corrupt_lines > 0 {
+        stats.add_dropped(DropReason::SpoolCorrupt, recovered.corrupt_lines);
+        error!(destination = %identity, lines = recovered.corrupt_lines, "spool: corrupt records found at start, skipped");
+    }
+    if recovered.unread_lines > 0 {
+        info!(destination = %identity, lines = recovered.unread_lines, "spool: lines to replay");
+    }
+    Ok(Some(SpoolParts {
+        spool: opened,
+        n_unread_records: recovered.unread_records,
+    }))
+}
+
+/// What [`start_destinations`] shares between destinations.
+#[derive(Debug)]
+struct Spawner {
+    room: Arc<Notify>,
+    /// Parent of the writers' stop tokens without a spool.
+    stop: CancellationToken,
+    /// Parent of the writers' stop tokens with a spool: cancelled before `stop` at shutdown.
+    stop_spooled: CancellationToken,
+}
+
+impl Spawner {
+    /// Opens the spools of `plans` that have one, then starts them all; on an error nothing is left running.
+    fn start_destinations(
+        &self,
+        plans: Vec<DestinationPlan>,
+        spool_total_max_bytes: u64,
+        n_destinations: usize,
+    ) -> anyhow::Result<Vec<Running>> {
+        let mut opened = Vec::with_capacity(plans.len());
+        for plan in plans {
+            let stats = DestinationStats::new(&plan.identity.to_string());
+            let spool = open_spool(&plan, spool_total_max_bytes, n_destinations, &stats)?;
+            opened.push((plan, stats, spool));
+        }
+        let mut running = Vec::with_capacity(opened.len());
+        for (plan, stats, spool) in opened {
+            let stop = if spool.is_some() {
+                self.stop_spooled.child_token()
+            } else {
+                self.stop.child_token()
+            };
+            let destination = Destination::spawn(
+                &plan.identity,
+                &plan.config,
+                Arc::clone(&stats),
+                Arc::clone(&self.room),
+                stop.clone(),
+                spool,
+            )
+            .context("cannot start a spooler thread")?;
+            running.push(Running {
+                identity: plan.identity,
+                config: plan.config,
+                stats,
+                handle: destination.handle,
+                writer: destination.writer,
+                spooler: destination.spooler,
+                stop,
+            });
+        }
+        Ok(running)
+    }
+}
+
+/// What a reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Destinations started.
+    pub added: Vec<String>,
+    /// Destinations kept with their queues and spools.
+    pub kept: Vec<String>,
+    /// Destinations removed: they drain, then stop.
+    pub removed: Vec<String>,
 }
 
 /// A running relay.
@@ -118,11 +191,14 @@ pub struct Relay {
     /// The periodic log line runs until the very end, so that losses during shutdown are logged too.
     log_ticker: JoinHandle<()>,
     log_ticker_stop: CancellationToken,
-    queues: Vec<Arc<Queue>>,
-    /// Writers of destinations without a spool.
-    writers: Vec<JoinHandle<()>>,
-    /// Destinations with a spool: their writers stop at `stop_spooled`, then their spoolers write the rest.
-    spooled: Vec<SpooledDestination>,
+    /// The destinations in use, in the routing table's order.
+    destinations: Vec<Running>,
+    /// Destinations a reload removed, draining: each task ends once its destinations stopped.
+    retiring: TaskTracker,
+    /// The identities of those destinations, until they stopped: a reload cannot start one again before.
+    retiring_identities: Arc<parking_lot::Mutex<Vec<Identity>>>,
+    /// Starts destinations (at start and on reload) with the shared notifier and stop tokens.
+    spawner: Spawner,
     /// Cancelled [`spool_shutdown_reserve`] before the deadline (or with `stop`): the writers of spooled
     /// destinations hand back what they hold, for their spoolers to write.
     stop_spooled: CancellationToken,
@@ -158,10 +234,29 @@ impl Relay {
         config.validate()?;
         let plans = config.destination_plans()?;
         let table = RoutingTable::new(&config)?;
-        let names: Vec<String> = plans.iter().map(|plan| plan.identity.to_string()).collect();
-        let registry = Arc::new(Registry::new(&names));
+        let registry = Arc::new(Registry::new(&[]));
+        let edges = CancellationToken::new();
+        let stop = CancellationToken::new();
+        // Writers of destinations with a spool stop early enough at shutdown to leave time to spool the rest.
+        let stop_spooled = stop.child_token();
+        let spawner = Spawner {
+            room: Arc::new(Notify::new()),
+            stop: stop.clone(),
+            stop_spooled: stop_spooled.clone(),
+        };
         // Before anything binds: a spool another relay holds must stop this one before it takes a port.
-        let mut spools = open_spools(&config, &plans, &registry)?;
+        let n_destinations = plans.len();
+        let destinations = spawner.start_destinations(
+            plans,
+            config.destination.spool_total_max_bytes,
+            n_destinations,
+        )?;
+        registry.set_destinations(
+            destinations
+                .iter()
+                .map(|running| Arc::clone(&running.stats))
+                .collect(),
+        );
 
         let listener = net::bind(&config.listen.address, config.listen.port).await?;
         let listen_address = listener
@@ -171,55 +266,17 @@ impl Relay {
             Some((host, port)) => Some(net::bind(host, port).await?),
             None => None,
         };
-
-        let edges = CancellationToken::new();
-        let stop = CancellationToken::new();
-        let room = Arc::new(Notify::new());
-        let mut queues = Vec::new();
-        let mut handles = Vec::new();
-        let mut writers = Vec::new();
-        // Writers of destinations with a spool stop early enough at shutdown to leave time to spool the rest.
-        let stop_spooled = stop.child_token();
-        let mut spooled = Vec::new();
-        for ((plan, stats), spool) in plans
-            .iter()
-            .zip(&registry.destinations)
-            .zip(spools.drain(..))
-        {
-            let writer_stop = if spool.is_some() {
-                stop_spooled.clone()
-            } else {
-                stop.clone()
-            };
-            let destination = Destination::spawn(
-                &plan.identity,
-                &plan.config,
-                Arc::clone(stats),
-                Arc::clone(&room),
-                writer_stop,
-                spool,
-            )
-            .context("cannot start a spooler thread")?;
-            let queue = Arc::clone(&destination.handle.queue);
-            handles.push(destination.handle);
-            match destination.spooler {
-                Some(spooler) => spooled.push(SpooledDestination {
-                    queue: Arc::clone(&queue),
-                    writer: destination.writer,
-                    spooler,
-                }),
-                None => writers.push(destination.writer),
-            }
-            queues.push(queue);
-        }
-        if queues.is_empty() {
+        if destinations.is_empty() {
             warn!("no destinations configured: every valid line is counted as dropped (no_destination)");
         }
         let router = Arc::new(Router::new(RouterConfig {
-            destinations: handles,
+            destinations: destinations
+                .iter()
+                .map(|running| running.handle.clone())
+                .collect(),
             table,
             rules: Rules::from_config(&config.line),
-            room,
+            room: Arc::clone(&spawner.room),
             registry: Arc::clone(&registry),
             console_out: config.log.console_out,
             draining: edges.clone(),
@@ -294,9 +351,10 @@ impl Relay {
             stats_server,
             log_ticker,
             log_ticker_stop,
-            queues,
-            writers,
-            spooled,
+            destinations,
+            retiring: TaskTracker::new(),
+            retiring_identities: Arc::default(),
+            spawner,
             stop_spooled,
             router,
         })
@@ -309,6 +367,137 @@ impl Relay {
             stats_address: self.stats_address,
             registry: Arc::clone(&self.registry),
         }
+    }
+
+    /// Swaps in `config` (SIGHUP): destinations whose identity stays keep their queues, connections and spools, new
+    /// ones start, removed ones drain in the background for at most `shutdown_timeout`, and the router switches to
+    /// the new table without touching client connections. `listen`, `line`, `stats` and `log` take effect only at a
+    /// restart: a change to them is logged and otherwise left alone. A destination kept with other settings keeps its
+    /// old ones (logged): its queue and spool live on.
+    ///
+    /// # Errors
+    ///
+    /// An invalid config, a spool of a new destination that cannot be opened, or a new destination whose removal by
+    /// an earlier reload has not finished draining. The running relay is then left exactly as it was.
+    pub async fn reload(&mut self, config: Config) -> anyhow::Result<ReloadReport> {
+        config.validate()?;
+        let plans = config.destination_plans()?;
+        let table = RoutingTable::new(&config)?;
+        let is_running = |identity: &Identity| {
+            self.destinations
+                .iter()
+                .any(|running| running.identity == *identity)
+        };
+        let fresh: Vec<DestinationPlan> = plans
+            .iter()
+            .filter(|plan| !is_running(&plan.identity))
+            .cloned()
+            .collect();
+        if let Some(draining) = fresh
+            .iter()
+            .find(|plan| self.retiring_identities.lock().contains(&plan.identity))
+        {
+            anyhow::bail!(
+                "{} was removed by an earlier reload and is still draining; reload again once it stopped",
+                draining.identity
+            );
+        }
+        let mut started = self.spawner.start_destinations(
+            fresh,
+            config.destination.spool_total_max_bytes,
+            plans.len(),
+        )?;
+
+        let mut report = ReloadReport::default();
+        let mut old = std::mem::take(&mut self.destinations);
+        for plan in plans {
+            let (running, names) = if let Some(index) = old
+                .iter()
+                .position(|running| running.identity == plan.identity)
+            {
+                let running = old.swap_remove(index);
+                if running.config != plan.config {
+                    warn!(destination = %running.identity, "reload: the destination's settings changed; it keeps its queue and spool, and the new settings take effect once it is removed and added again, or at a restart");
+                }
+                (running, &mut report.kept)
+            } else if let Some(index) = started
+                .iter()
+                .position(|running| running.identity == plan.identity)
+            {
+                (started.swap_remove(index), &mut report.added)
+            } else {
+                continue;
+            };
+            names.push(running.identity.to_string());
+            self.destinations.push(running);
+        }
+        let removed = old;
+        report.removed = removed
+            .iter()
+            .map(|running| running.identity.to_string())
+            .collect();
+        let kept_stats: Vec<Arc<DestinationStats>> = self
+            .destinations
+            .iter()
+            .map(|running| Arc::clone(&running.stats))
+            .collect();
+        // Removed destinations stay in the counters until they stopped.
+        self.registry.update_destinations(|current| {
+            let mut next = kept_stats.clone();
+            next.extend(
+                current
+                    .iter()
+                    .filter(|stats| !kept_stats.iter().any(|kept| Arc::ptr_eq(kept, stats)))
+                    .cloned(),
+            );
+            next
+        });
+        let old_routes = self.router.swap(
+            self.destinations
+                .iter()
+                .map(|running| running.handle.clone())
+                .collect(),
+            table,
+            Rules::from_config(&self.config.line),
+        );
+        self.retiring_identities
+            .lock()
+            .extend(removed.iter().map(|running| running.identity.clone()));
+        self.retiring.spawn(retire(
+            removed,
+            old_routes,
+            config.shutdown_timeout,
+            Arc::clone(&self.registry),
+            Arc::clone(&self.retiring_identities),
+        ));
+        for (section, changed) in [
+            ("listen", self.config.listen != config.listen),
+            ("line", self.config.line != config.line),
+            ("stats", self.config.stats != config.stats),
+            ("log", self.config.log != config.log),
+        ] {
+            if changed {
+                warn!(
+                    section,
+                    "reload: this section changed; it takes effect at a restart"
+                );
+            }
+        }
+        let running = std::mem::take(&mut self.config);
+        self.config = Config {
+            listen: running.listen,
+            line: running.line,
+            stats: running.stats,
+            log: running.log,
+            ..config
+        };
+        info!(
+            added = report.added.len(),
+            kept = report.kept.len(),
+            removed = report.removed.len(),
+            "reload: new configuration in use"
+        );
+        Ok(report)
     }
 
     /// Shuts down in order within `shutdown_timeout` and reports what could not be delivered.
@@ -329,41 +518,54 @@ impl Relay {
             self.stop.cancel();
             self.connections.wait().await;
         }
-        for queue in &self.queues {
-            queue.close();
+        for running in &self.destinations {
+            running.handle.queue.close();
         }
         // Destinations with a spool deliver until the reserve, then spool what is left, while the others keep
         // draining until the deadline.
         let spool_deadline = deadline
             .checked_sub(spool_shutdown_reserve(self.config.shutdown_timeout))
             .unwrap_or(deadline);
+        let (spooled, plain): (Vec<Running>, Vec<Running>) = self
+            .destinations
+            .into_iter()
+            .partition(|running| running.spooler.is_some());
         let mut spooled_writers = Vec::new();
         let mut spoolers = Vec::new();
-        let mut spooled_queues = Vec::new();
-        for destination in self.spooled {
-            spooled_writers.push(destination.writer);
-            spoolers.push(destination.spooler);
-            spooled_queues.push(destination.queue);
+        let mut queues = Vec::new();
+        for running in spooled {
+            spooled_writers.push(running.writer);
+            spoolers.extend(running.spooler);
+            queues.push(running.handle.queue);
         }
         join_writers(spooled_writers, spool_deadline, &self.stop_spooled).await;
-        for queue in &spooled_queues {
+        for queue in &queues {
             queue.finish_spool();
         }
-        for spooler in spoolers {
-            let joined = tokio::task::spawn_blocking(move || spooler.join());
-            if tokio::time::timeout_at(deadline, joined).await.is_err() {
-                error!("shutdown: a spooler did not finish before the deadline");
-            }
+        join_spoolers(spoolers, deadline).await;
+        let mut plain_writers = Vec::new();
+        for running in plain {
+            plain_writers.push(running.writer);
+            queues.push(running.handle.queue);
         }
-        join_writers(self.writers, deadline, &self.stop).await;
-        let mut report = ShutdownReport::default();
-        for queue in &self.queues {
+        join_writers(plain_writers, deadline, &self.stop).await;
+        self.retiring.close();
+        if tokio::time::timeout_at(deadline, self.retiring.wait())
+            .await
+            .is_err()
+        {
+            self.stop.cancel();
+            self.retiring.wait().await;
+        }
+        for queue in &queues {
             queue.drop_remaining();
+        }
+        let mut report = ShutdownReport::default();
+        for stats in self.registry.destinations().iter() {
             // Everything dropped for `shutdown`: what was left queued, and batches `block` senders gave up on.
-            let n_lost =
-                queue.stats().dropped_lines[DropReason::Shutdown as usize].load(Ordering::Relaxed);
+            let n_lost = stats.dropped_lines[DropReason::Shutdown as usize].load(Ordering::Relaxed);
             if n_lost > 0 {
-                error!(destination = %queue.stats().address, lines = n_lost, "shutdown: lines not delivered");
+                error!(destination = %stats.address, lines = n_lost, "shutdown: lines not delivered");
             }
             report.lines_lost += n_lost;
         }
@@ -381,6 +583,68 @@ impl Relay {
             "shutdown complete"
         );
         report
+    }
+}
+
+/// Waits for spooler threads until `deadline`, logging those that did not finish.
+async fn join_spoolers(spoolers: Vec<std::thread::JoinHandle<()>>, deadline: tokio::time::Instant) {
+    for spooler in spoolers {
+        let joined = tokio::task::spawn_blocking(move || spooler.join());
+        if tokio::time::timeout_at(deadline, joined).await.is_err() {
+            error!("a spooler did not finish before the deadline");
+        }
+    }
+}
+
+/// Stops destinations a reload removed, once no batch is routed with `old_routes` any more: closes their queues, lets
+/// them drain until `timeout` from now (spooled ones until the spool reserve, then they spool the rest and keep it on
+/// disk), counts what is left as dropped (`shutdown`) and takes their counters out of the registry.
+async fn retire(
+    removed: Vec<Running>,
+    old_routes: Arc<Routes>,
+    timeout: Duration,
+    registry: Arc<Registry>,
+    retiring: Arc<parking_lot::Mutex<Vec<Identity>>>,
+) {
+    let deadline = tokio::time::Instant::now() + timeout;
+    // A connection may be routing a batch with the old table: its lines for these destinations must still find an
+    // open queue. Dispatch holds the routes only for one batch (and its pacing), so this ends soon.
+    while Arc::strong_count(&old_routes) > 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(old_routes);
+    let spool_deadline = deadline
+        .checked_sub(spool_shutdown_reserve(timeout))
+        .unwrap_or(deadline);
+    let stop_one = |running: Running| async move {
+        running.handle.queue.close();
+        match running.spooler {
+            Some(spooler) => {
+                join_writers(vec![running.writer], spool_deadline, &running.stop).await;
+                running.handle.queue.finish_spool();
+                join_spoolers(vec![spooler], deadline).await;
+            }
+            None => join_writers(vec![running.writer], deadline, &running.stop).await,
+        }
+        let n_lost = running.handle.queue.drop_remaining();
+        if n_lost > 0 {
+            error!(destination = %running.identity, lines = n_lost, "reload: removed destination stopped with lines not delivered");
+        } else {
+            info!(destination = %running.identity, "reload: removed destination drained and stopped");
+        }
+        (running.identity, running.stats)
+    };
+    let mut stopping = Vec::new();
+    for running in removed {
+        stopping.push(tokio::spawn(stop_one(running)));
+    }
+    for stopped in stopping {
+        if let Ok((stopped_identity, stats)) = stopped.await {
+            registry.remove_destination(&stats);
+            retiring
+                .lock()
+                .retain(|identity| *identity != stopped_identity);
+        }
     }
 }
 

@@ -1,23 +1,33 @@
-//! Process signals: SIGTERM and SIGINT ask for a graceful shutdown, a second one forces exit, SIGHUP is ignored.
+//! Process signals: SIGTERM and SIGINT ask for a graceful shutdown, a second one forces exit, SIGHUP asks for a
+//! reload.
 //!
 //! Sits at the process edge: `main` installs [`ShutdownSignals`] before the relay starts, so a signal that arrives
 //! while listeners are binding is held until `main` waits for it, and no signal ever takes its default action (which
 //! for SIGHUP would kill the relay). After the first SIGTERM or SIGINT a background task keeps watching; a second one
 //! exits the process at once with code 1, for an operator who will not wait for `shutdown_timeout`.
-//! SIGHUP will mean "reload" once reload exists; until then it is logged and ignored.
+//! SIGHUP asks `main` to reload the configuration ([`Signal::Reload`]); during shutdown it is logged and ignored.
 
 use std::fmt;
 use std::io;
 
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, warn};
 
 /// The registered signal handlers; hold it from startup until the relay should stop.
 #[derive(Debug)]
 pub struct ShutdownSignals {
-    terminate: Signal,
-    interrupt: Signal,
-    hangup: Signal,
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+/// What a signal asks of the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: shut down.
+    Shutdown(ShutdownSignal),
+    /// SIGHUP: read the configuration again.
+    Reload,
 }
 
 /// The signal that asked for the shutdown.
@@ -56,29 +66,32 @@ impl ShutdownSignals {
         })
     }
 
-    /// Waits for the first SIGTERM or SIGINT (including one that arrived since [`ShutdownSignals::install`]), logging
-    /// and ignoring SIGHUP. Then spawns a task that exits the process with code 1 on the next SIGTERM or SIGINT.
-    pub async fn wait_for_shutdown_signal(mut self) -> ShutdownSignal {
-        let first_signal = self.next_shutdown_signal().await;
-        tokio::spawn(async move {
-            let second_signal = self.next_shutdown_signal().await;
-            error!(
-                signal = %second_signal,
-                "second signal received, exiting without finishing shutdown"
-            );
-            std::process::exit(1);
-        });
-        first_signal
+    /// Waits for the next signal (including one that arrived since [`ShutdownSignals::install`]).
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.terminate.recv() => Signal::Shutdown(ShutdownSignal::Terminate),
+            _ = self.interrupt.recv() => Signal::Shutdown(ShutdownSignal::Interrupt),
+            _ = self.hangup.recv() => Signal::Reload,
+        }
     }
 
-    async fn next_shutdown_signal(&mut self) -> ShutdownSignal {
-        loop {
-            tokio::select! {
-                _ = self.terminate.recv() => return ShutdownSignal::Terminate,
-                _ = self.interrupt.recv() => return ShutdownSignal::Interrupt,
-                _ = self.hangup.recv() => warn!("reload is not supported yet, ignoring SIGHUP"),
+    /// Once shutdown has begun: spawns a task that exits the process with code 1 on the next SIGTERM or SIGINT, and
+    /// logs and ignores SIGHUP.
+    pub fn exit_on_second_signal(mut self) {
+        tokio::spawn(async move {
+            loop {
+                match self.next().await {
+                    Signal::Shutdown(second_signal) => {
+                        error!(
+                            signal = %second_signal,
+                            "second signal received, exiting without finishing shutdown"
+                        );
+                        std::process::exit(1);
+                    }
+                    Signal::Reload => warn!("shutting down: ignoring SIGHUP"),
+                }
             }
-        }
+        });
     }
 }
 
@@ -92,12 +105,13 @@ mod tests {
     use super::*;
 
     const CHILD_ENV: &str = "POLYMUR_SIGNAL_TEST_CHILD";
-    const TEST_NAME: &str = "shutdown::tests::sighup_is_ignored_and_a_second_signal_forces_exit";
+    const TEST_NAME: &str =
+        "shutdown::tests::sighup_asks_for_a_reload_and_a_second_signal_forces_exit";
 
     /// Signals would hit every test in this process, so the test re-runs itself in a child process: the child waits
     /// for signals and reports on stdout, the parent sends them and checks what the child did.
     #[test]
-    fn sighup_is_ignored_and_a_second_signal_forces_exit() {
+    fn sighup_asks_for_a_reload_and_a_second_signal_forces_exit() {
         if std::env::var_os(CHILD_ENV).is_some() {
             run_child();
             return;
@@ -120,6 +134,7 @@ mod tests {
         });
         assert_eq!(read_report(&reports, &mut child), "child: ready");
         send_signal(&child, "HUP");
+        assert_eq!(read_report(&reports, &mut child), "child: reload");
         send_signal(&child, "TERM");
         assert_eq!(
             read_report(&reports, &mut child),
@@ -146,9 +161,15 @@ mod tests {
             .build()
             .expect("build runtime");
         runtime.block_on(async {
-            let signals = ShutdownSignals::install().expect("install signal handlers");
+            let mut signals = ShutdownSignals::install().expect("install signal handlers");
             println!("child: ready");
-            let signal = signals.wait_for_shutdown_signal().await;
+            let signal = loop {
+                match signals.next().await {
+                    Signal::Reload => println!("child: reload"),
+                    Signal::Shutdown(signal) => break signal,
+                }
+            };
+            signals.exit_on_second_signal();
             println!("child: shutting down on {signal}");
             // The second signal must end the process before this does.
             tokio::time::sleep(Duration::from_secs(30)).await;

@@ -266,7 +266,7 @@ mod tests {
             "b:2003".to_string(),
             "c:2003=x".to_string(),
         ]);
-        for (stats, (enabled, degraded)) in registry.destinations.iter().zip(spools) {
+        for (stats, (enabled, degraded)) in registry.destinations().iter().zip(spools) {
             stats.spool_enabled.store(enabled, Ordering::Relaxed);
             stats.spool_degraded.store(degraded, Ordering::Relaxed);
         }
@@ -313,7 +313,7 @@ mod tests {
             .relay
             .lines_received
             .fetch_add(42, Ordering::Relaxed);
-        registry.destinations[1].add_dropped(DropReason::QueueFull, 7);
+        registry.destinations()[1].add_dropped(DropReason::QueueFull, 7);
         registry
             .stats_server
             .connections_rejected

@@ -24,6 +24,7 @@ pub mod table;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -68,18 +69,54 @@ pub struct RouterConfig {
 /// Hands batches to destination queues; shared by every connection.
 #[derive(Debug)]
 pub struct Router {
+    /// The destinations and the table routing to them; a reload swaps in new ones whole.
+    routes: ArcSwap<Routes>,
+    registry: Arc<Registry>,
+    /// The `-console-out` thread, when enabled.
+    console_out: Option<ConsoleOut>,
+    /// Shared with every destination's health, for the pacers of later routes.
+    room: Arc<Notify>,
+    draining: CancellationToken,
+    /// Cancelled when the shutdown deadline passes: `block` senders stop waiting and count their batch as dropped.
+    stop: CancellationToken,
+}
+
+/// What the router routes with: one config's table and destinations. Immutable; a reload builds new ones.
+#[derive(Debug)]
+pub struct Routes {
     queues: Vec<Arc<Queue>>,
     healths: Vec<Arc<Health>>,
     table: RoutingTable,
     rules: Rules,
-    registry: Arc<Registry>,
-    /// The `-console-out` thread, when enabled.
-    console_out: Option<ConsoleOut>,
     /// Makes senders wait while a healthy destination is behind; stops once shutdown starts, so that what clients
     /// already sent reaches the queues within the short read grace and drains from there.
     pacer: Pacer,
-    /// Cancelled when the shutdown deadline passes: `block` senders stop waiting and count their batch as dropped.
-    stop: CancellationToken,
+}
+
+impl Routes {
+    fn new(
+        destinations: Vec<Handle>,
+        table: RoutingTable,
+        rules: Rules,
+        room: &Arc<Notify>,
+        draining: &CancellationToken,
+    ) -> Routes {
+        let queues = destinations
+            .iter()
+            .map(|destination| Arc::clone(&destination.queue))
+            .collect();
+        let healths: Vec<Arc<Health>> = destinations
+            .into_iter()
+            .map(|destination| destination.health)
+            .collect();
+        Routes {
+            queues,
+            pacer: Pacer::new(healths.clone(), Arc::clone(room), draining.clone()),
+            healths,
+            table,
+            rules,
+        }
+    }
 }
 
 impl Router {
@@ -96,14 +133,6 @@ impl Router {
             draining,
             stop,
         } = config;
-        let queues = destinations
-            .iter()
-            .map(|destination| Arc::clone(&destination.queue))
-            .collect();
-        let healths: Vec<Arc<Health>> = destinations
-            .into_iter()
-            .map(|destination| destination.health)
-            .collect();
         let console_out = console_out.then(|| {
             ConsoleOut::spawn(
                 std::io::stdout(),
@@ -111,50 +140,62 @@ impl Router {
                 Arc::clone(&registry),
             )
         });
+        let routes = Routes::new(destinations, table, rules, &room, &draining);
         Router {
-            queues,
-            healths: healths.clone(),
-            table,
-            rules,
+            routes: ArcSwap::from_pointee(routes),
             registry,
             console_out,
-            pacer: Pacer::new(healths, room, draining),
+            room,
+            draining,
             stop,
         }
+    }
+
+    /// Swaps in new destinations and table (a reload) and returns the routes they replace. Batches being dispatched
+    /// finish with the old ones: wait until the returned `Arc` is the last before closing a removed queue.
+    pub fn swap(
+        &self,
+        destinations: Vec<Handle>,
+        table: RoutingTable,
+        rules: Rules,
+    ) -> Arc<Routes> {
+        let routes = Routes::new(destinations, table, rules, &self.room, &self.draining);
+        self.routes.swap(Arc::new(routes))
     }
 
     /// Hands a batch to every destination, then waits while no healthy destination wants more input.
     pub async fn dispatch(&self, batch: Batch) {
         let n_lines = batch.n_lines();
-        self.dispatch_to_queues(batch).await;
+        let routes = self.routes.load_full();
+        self.dispatch_to_queues(&routes, batch).await;
         // In the queues (or counted as dropped) now: no longer "inbound". Pacing comes after.
         self.registry
             .relay
             .inbound_lines
             .fetch_sub(i64::from(n_lines), Ordering::Relaxed);
-        if !self.queues.is_empty() {
-            self.pacer.pace().await;
+        if !routes.queues.is_empty() {
+            routes.pacer.pace().await;
         }
     }
 
-    async fn dispatch_to_queues(&self, batch: Batch) {
+    async fn dispatch_to_queues(&self, routes: &Routes, batch: Batch) {
         if let Some(console_out) = &self.console_out {
             console_out.print(&batch);
         }
-        if !self.table.sends_everything_everywhere() {
-            for (destination, batch) in self.split(&batch) {
-                self.push(&self.queues[destination], batch).await;
+        if !routes.table.sends_everything_everywhere() {
+            for (destination, batch) in self.split(routes, &batch, None) {
+                self.push(&routes.queues[destination], batch).await;
             }
             return;
         }
-        if self.queues.is_empty() {
+        if routes.queues.is_empty() {
             self.registry
                 .relay
                 .lines_dropped_no_destination
                 .fetch_add(u64::from(batch.n_lines()), Ordering::Relaxed);
             return;
         }
-        for queue in &self.queues {
+        for queue in &routes.queues {
             self.push(queue, batch.clone()).await;
         }
     }
@@ -171,11 +212,12 @@ impl Router {
         }
     }
 
-    /// Splits `batch` by the routing table into one batch per destination, and counts what goes nowhere.
-    fn split(&self, batch: &Batch) -> Vec<(usize, Batch)> {
-        let liveness = table::HealthLiveness(&self.healths);
+    /// Splits `batch` by the routing table into one batch per destination (within one cluster only, for lines it
+    /// already took), and counts what goes nowhere.
+    fn split(&self, routes: &Routes, batch: &Batch, within: Option<usize>) -> Vec<(usize, Batch)> {
+        let liveness = table::HealthLiveness(&routes.healths);
         let (batches, counts) = Routed::with_thread_local(|routed| {
-            routed.split(&self.table, &self.rules, &liveness, batch, None)
+            routed.split(&routes.table, &routes.rules, &liveness, batch, within)
         });
         counts.add_to(&self.registry);
         batches
@@ -184,13 +226,14 @@ impl Router {
     /// Hands a batch of self-metrics to the destinations the routes give them, ahead of queued traffic: a hash
     /// cluster stores each series once.
     pub fn dispatch_priority(&self, batch: Batch) {
-        if !self.table.sends_everything_everywhere() {
-            for (destination, batch) in self.split(&batch) {
-                self.queues[destination].push_priority(batch);
+        let routes = self.routes.load();
+        if !routes.table.sends_everything_everywhere() {
+            for (destination, batch) in self.split(&routes, &batch, None) {
+                routes.queues[destination].push_priority(batch);
             }
             return;
         }
-        for queue in &self.queues {
+        for queue in &routes.queues {
             queue.push_priority(batch.clone());
         }
     }
@@ -199,17 +242,6 @@ impl Router {
     /// `dynamic` hash clusters), every [`MOVE_INTERVAL`] until `stop` is cancelled. Validation keeps such members
     /// out of other clusters, so everything in their queues is their cluster's.
     pub async fn move_from_out_members(&self, stop: CancellationToken) {
-        let moving: Vec<(usize, Vec<usize>)> = self
-            .table
-            .clusters()
-            .iter()
-            .enumerate()
-            .filter(|(_, cluster)| cluster.moves_lines() && cluster.destinations.len() > 1)
-            .map(|(index, cluster)| (index, cluster.destinations.clone()))
-            .collect();
-        if moving.is_empty() {
-            return;
-        }
         let mut interval = tokio::time::interval(MOVE_INTERVAL);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -217,36 +249,35 @@ impl Router {
                 () = stop.cancelled() => return,
                 _ = interval.tick() => {}
             }
-            for (cluster, destinations) in &moving {
-                for &destination in destinations {
-                    if !self.healths[destination].is_out() {
-                        continue;
-                    }
-                    let batches = self.queues[destination].take_queued();
-                    let n_lines: u64 = batches.iter().map(|batch| u64::from(batch.n_lines())).sum();
-                    if n_lines == 0 {
-                        continue;
-                    }
-                    self.queues[destination]
-                        .stats()
-                        .moved_lines
-                        .fetch_add(n_lines, Ordering::Relaxed);
-                    for batch in batches {
-                        let liveness = table::HealthLiveness(&self.healths);
-                        let (split, _) = Routed::with_thread_local(|routed| {
-                            routed.split(
-                                &self.table,
-                                &self.rules,
-                                &liveness,
-                                &batch,
-                                Some(*cluster),
-                            )
-                        });
-                        for (to, batch) in split {
-                            self.push(&self.queues[to], batch).await;
-                        }
+            let routes = self.routes.load_full();
+            for (cluster_index, cluster) in routes.table.clusters().iter().enumerate() {
+                if !cluster.moves_lines() || cluster.destinations.len() < 2 {
+                    continue;
+                }
+                for &destination in &cluster.destinations {
+                    if routes.healths[destination].is_out() {
+                        self.move_queued(&routes, cluster_index, destination).await;
                     }
                 }
+            }
+        }
+    }
+
+    /// Hands what `destination` holds queued to the other members of `cluster`.
+    async fn move_queued(&self, routes: &Routes, cluster: usize, destination: usize) {
+        let queue = &routes.queues[destination];
+        let batches = queue.take_queued();
+        let n_lines: u64 = batches.iter().map(|batch| u64::from(batch.n_lines())).sum();
+        if n_lines == 0 {
+            return;
+        }
+        queue
+            .stats()
+            .moved_lines
+            .fetch_add(n_lines, Ordering::Relaxed);
+        for batch in batches {
+            for (to, batch) in self.split(routes, &batch, Some(cluster)) {
+                self.push(&routes.queues[to], batch).await;
             }
         }
     }

@@ -255,10 +255,10 @@ mod tests {
         relay.connections_accepted.store(12, Ordering::Relaxed);
         relay.connections_open.store(2, Ordering::Relaxed);
         relay.accept_errors.store(4, Ordering::Relaxed);
-        let first = &registry.destinations[0];
+        let first = &registry.destinations()[0];
         first.sent_lines.store(900, Ordering::Relaxed);
         first.queued_lines.store(100, Ordering::Relaxed);
-        let second = &registry.destinations[1];
+        let second = &registry.destinations()[1];
         second.sent_lines.store(700, Ordering::Relaxed);
         second.queued_lines.store(20, Ordering::Relaxed);
         second.add_dropped(DropReason::QueueFull, 250);
@@ -295,7 +295,7 @@ mod tests {
             .relay
             .lines_dropped_no_destination
             .store(8, Ordering::Relaxed);
-        registry.destinations[0]
+        registry.destinations()[0]
             .queued_lines
             .store(-1, Ordering::Relaxed);
         check(
@@ -320,7 +320,7 @@ mod tests {
     fn a_destination_with_a_spool_sends_its_spool_figures_and_one_without_does_not() {
         let registry = Registry::new(&["a:2003".to_string(), "b:2003".to_string()]);
         registry.relay.lines_received.store(100, Ordering::Relaxed);
-        let spooled = &registry.destinations[0];
+        let spooled = &registry.destinations()[0];
         spooled.spool_enabled.store(true, Ordering::Relaxed);
         spooled.sent_lines.store(40, Ordering::Relaxed);
         spooled.queued_lines.store(10, Ordering::Relaxed);
@@ -334,7 +334,7 @@ mod tests {
         spooled.spool_drain_eta_secs.store(12, Ordering::Relaxed);
         spooled.spool_degraded.store(true, Ordering::Relaxed);
         spooled.spool_write_errors.store(7, Ordering::Relaxed);
-        registry.destinations[1]
+        registry.destinations()[1]
             .sent_lines
             .store(100, Ordering::Relaxed);
 
@@ -372,7 +372,7 @@ mod tests {
     #[test]
     fn an_unknown_drain_time_is_left_out_rather_than_sent_as_minus_one() {
         let registry = Registry::new(&["a:2003".to_string()]);
-        registry.destinations[0]
+        registry.destinations()[0]
             .spool_enabled
             .store(true, Ordering::Relaxed);
         let batch = metrics_batch("p", &registry.snapshot(), 1);

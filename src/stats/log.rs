@@ -330,7 +330,8 @@ mod tests {
             .relay
             .inbound_lines
             .store(inbound, Ordering::Relaxed);
-        for (stats, &(_, queued_lines, dropped)) in registry.destinations.iter().zip(destinations) {
+        for (stats, &(_, queued_lines, dropped)) in registry.destinations().iter().zip(destinations)
+        {
             stats.queued_lines.store(queued_lines, Ordering::Relaxed);
             stats.add_dropped(DropReason::QueueFull, dropped[0]);
             stats.add_dropped(DropReason::Shutdown, dropped[1]);
@@ -442,7 +443,7 @@ mod tests {
         spool_corrupt: u64,
     ) -> Snapshot {
         let registry = Registry::new(&["a:2003".to_string(), "b:2003".to_string()]);
-        let stats = &registry.destinations[0];
+        let stats = &registry.destinations()[0];
         stats.spool_enabled.store(true, Ordering::Relaxed);
         stats.spool_lines.store(spool_lines, Ordering::Relaxed);
         stats

@@ -24,6 +24,8 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwap;
+
 use crate::line::{Invalid, LineCounts, Note};
 
 /// Process-wide counters.
@@ -279,8 +281,9 @@ impl DestinationStats {
 pub struct Registry {
     /// Process-wide counters.
     pub relay: Stats,
-    /// Per-destination counters, in the order of `destinations` in the config.
-    pub destinations: Vec<Arc<DestinationStats>>,
+    /// Per-destination counters, in the order of the config's destinations (`destinations`, then each cluster's
+    /// members): those in use, then those a reload removed that are still draining. Replaced whole by a reload.
+    destinations: ArcSwap<Vec<Arc<DestinationStats>>>,
     /// The stats HTTP server's connection counters.
     pub stats_server: StatsServerStats,
 }
@@ -290,12 +293,44 @@ impl Registry {
     pub fn new(destination_addresses: &[String]) -> Registry {
         Registry {
             relay: Stats::default(),
-            destinations: destination_addresses
-                .iter()
-                .map(|address| DestinationStats::new(address))
-                .collect(),
+            destinations: ArcSwap::from_pointee(
+                destination_addresses
+                    .iter()
+                    .map(|address| DestinationStats::new(address))
+                    .collect(),
+            ),
             stats_server: StatsServerStats::default(),
         }
+    }
+
+    /// The per-destination counters now.
+    pub fn destinations(&self) -> Arc<Vec<Arc<DestinationStats>>> {
+        self.destinations.load_full()
+    }
+
+    /// Replaces the per-destination counters.
+    pub fn set_destinations(&self, destinations: Vec<Arc<DestinationStats>>) {
+        self.destinations.store(Arc::new(destinations));
+    }
+
+    /// Replaces the per-destination counters with what `update` makes of the current ones (a reload), atomically
+    /// with respect to other updates.
+    pub fn update_destinations(
+        &self,
+        update: impl Fn(&[Arc<DestinationStats>]) -> Vec<Arc<DestinationStats>>,
+    ) {
+        self.destinations.rcu(|current| update(current));
+    }
+
+    /// Takes a stopped destination's counters out.
+    pub fn remove_destination(&self, stats: &Arc<DestinationStats>) {
+        self.update_destinations(|current| {
+            current
+                .iter()
+                .filter(|other| !Arc::ptr_eq(other, stats))
+                .cloned()
+                .collect()
+        });
     }
 
     /// A copy of every counter, read now.

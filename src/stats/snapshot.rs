@@ -152,7 +152,7 @@ impl Snapshot {
             connections: ConnectionsSnapshot::read(&registry.relay),
             lines: LinesSnapshot::read(&registry.relay),
             destinations: registry
-                .destinations
+                .destinations()
                 .iter()
                 .map(|destination| DestinationSnapshot::read(destination))
                 .collect(),
@@ -318,8 +318,8 @@ mod tests {
         registry.relay.lines_noted[Note::TsFar as usize].store(3, Ordering::Relaxed);
         registry.relay.inbound_lines.store(4, Ordering::Relaxed);
         registry.relay.connections_open.store(5, Ordering::Relaxed);
-        registry.destinations[0].add_dropped(DropReason::Shutdown, 6);
-        registry.destinations[0]
+        registry.destinations()[0].add_dropped(DropReason::Shutdown, 6);
+        registry.destinations()[0]
             .queued_lines
             .store(8, Ordering::Relaxed);
         registry
@@ -359,7 +359,7 @@ mod tests {
     fn a_destination_without_a_spool_shows_spool_null_and_every_drop_reason() {
         let registry = Registry::new(&["a:2003".to_string()]);
         // Figures a spool thread never wrote for this destination are not shown.
-        registry.destinations[0]
+        registry.destinations()[0]
             .spool_lines
             .store(5, Ordering::Relaxed);
         let snapshot = registry.snapshot();
@@ -381,7 +381,7 @@ mod tests {
     #[test]
     fn a_destination_with_a_spool_shows_its_figures_and_spool_drops() {
         let registry = Registry::new(&["a:2003".to_string(), "b:2003".to_string()]);
-        let stats = &registry.destinations[0];
+        let stats = &registry.destinations()[0];
         stats.spool_enabled.store(true, Ordering::Relaxed);
         stats.spool_bytes.store(1 << 20, Ordering::Relaxed);
         stats.spool_lines.store(2000, Ordering::Relaxed);
@@ -420,7 +420,7 @@ mod tests {
     #[test]
     fn an_unknown_drain_time_is_null() {
         let registry = Registry::new(&["a:2003".to_string()]);
-        registry.destinations[0]
+        registry.destinations()[0]
             .spool_enabled
             .store(true, Ordering::Relaxed);
         let json = serde_json::to_value(registry.snapshot()).unwrap();

@@ -327,13 +327,13 @@ async fn shutdown_counts_what_a_down_destination_never_took() {
     let registry = std::sync::Arc::clone(&relay.handle.registry);
     let report = relay.shutdown().await;
     assert_eq!(report.lines_lost, 100);
-    let down = &registry.destinations[0];
+    let down = &registry.destinations()[0];
     assert_eq!(
         down.dropped_lines[polymur::stats::DropReason::Shutdown as usize].load(Ordering::Relaxed),
         100
     );
     assert_eq!(down.queued_lines.load(Ordering::Relaxed), 0);
-    assert_eq!(registry.destinations[1].dropped_total(), 0);
+    assert_eq!(registry.destinations()[1].dropped_total(), 0);
 }
 
 #[tokio::test]

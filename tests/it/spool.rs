@@ -69,7 +69,7 @@ fn accounted(relay: &TestRelay) -> bool {
         == destination.sent_lines.load(Ordering::Relaxed)
             + destination.dropped_total()
             + queued
-            + spooled(destination)
+            + spooled(&destination)
 }
 
 /// Asserts that each client's lines (from `distinct_lines(client, _)`) first arrive in the order they were sent:
@@ -119,7 +119,7 @@ async fn a_destination_down_spills_to_disk_and_gets_every_line_in_order_when_it_
     }
     let destination = relay.destination(0);
     eventually("every line received and on disk", || {
-        relay.lines_received() == N_LINES as u64 && spooled(destination) > 0 && accounted(&relay)
+        relay.lines_received() == N_LINES as u64 && spooled(&destination) > 0 && accounted(&relay)
     })
     .await;
     // Far more than the 64 KiB memory queue: the rest is on disk, in the destination's own directory.
@@ -129,7 +129,7 @@ async fn a_destination_down_spills_to_disk_and_gets_every_line_in_order_when_it_
 
     let sink = Sink::start_on(address).await;
     eventually("every line delivered", || sink.n_lines() >= N_LINES).await;
-    eventually("the spool drained", || spooled(destination) == 0).await;
+    eventually("the spool drained", || spooled(&destination) == 0).await;
     let all_input: Vec<u8> = inputs.concat();
     assert_eq!(sink.sorted_lines(), sorted(&all_input));
     assert_in_order_per_client(&sink.lines(), true);
@@ -162,7 +162,7 @@ async fn shutdown_spools_what_was_not_delivered_and_the_next_start_delivers_it()
     })
     .await;
     assert_eq!(sink.sorted_lines(), sorted(&input));
-    eventually("the spool drained", || spooled(relay.destination(0)) == 0).await;
+    eventually("the spool drained", || spooled(&relay.destination(0)) == 0).await;
     relay.shutdown().await;
 }
 
@@ -209,7 +209,7 @@ async fn a_full_spool_drops_by_its_policy_counts_spool_full_and_keeps_its_cap() 
         send(relay.address(), &input).await;
         let destination = relay.destination(0);
         eventually("every line received and on disk", || {
-            relay.lines_received() == 80_000 && spooled(destination) > 0
+            relay.lines_received() == 80_000 && spooled(&destination) > 0
         })
         .await;
         let on_disk = segment_bytes_on_disk(&destination_dir(spool_dir.path(), address));
@@ -226,7 +226,7 @@ async fn a_full_spool_drops_by_its_policy_counts_spool_full_and_keeps_its_cap() 
             sent + destination.dropped_total() == 80_000 && accounted(&relay)
         })
         .await;
-        let n_full = dropped(destination, DropReason::SpoolFull);
+        let n_full = dropped(&destination, DropReason::SpoolFull);
         assert!(n_full > 0, "{policy:?}: spool_full counted");
         assert_eq!(destination.dropped_total(), n_full, "{policy:?}");
         let kept = 80_000 - n_full as usize;

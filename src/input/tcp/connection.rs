@@ -554,11 +554,11 @@ mod tests {
         let room = Arc::new(Notify::new());
         let queue = Arc::new(Queue::new(
             limits,
-            Arc::clone(&registry.destinations[0]),
+            Arc::clone(&registry.destinations()[0]),
             Arc::clone(&room),
         ));
         let health = Arc::new(Health::new(
-            Arc::clone(&registry.destinations[0]),
+            Arc::clone(&registry.destinations()[0]),
             lag_watermark_bytes(limits.max_bytes),
             Arc::clone(&room),
         ));

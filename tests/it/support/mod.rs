@@ -83,8 +83,8 @@ impl TestRelay {
     }
 
     /// Counters of destination `index`.
-    pub fn destination(&self, index: usize) -> &polymur::stats::DestinationStats {
-        &self.handle.registry.destinations[index]
+    pub fn destination(&self, index: usize) -> std::sync::Arc<polymur::stats::DestinationStats> {
+        std::sync::Arc::clone(&self.handle.registry.destinations()[index])
     }
 }
 
