@@ -1,15 +1,19 @@
 //! Clusters, routes and rewrites end to end on real sockets: consistent hashing to the member carbon's ring names,
-//! counted blackholes and unrouted lines, and `any_of`/`failover` members killed and restarted.
+//! counted blackholes and unrouted lines, `any_of`/`failover` members killed and restarted, and SIGHUP reloads of
+//! the real binary under load.
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use polymur::config::{ClusterConfig, ClusterMethod, RewriteConfig, RouteConfig};
 use polymur::router::hash::carbon::CarbonRing;
 use polymur::router::hash::Member;
 
-use crate::support::{self, eventually, send, Sink, TestRelay};
+use crate::support::process::{config_file, RelayProcess};
+use crate::support::{self, eventually, send, Sink, TestRelay, PATIENCE};
 
 /// `n` lines `prefix.metricI I 1700000000`.
 fn lines(prefix: &str, n: usize) -> Vec<String> {
@@ -250,4 +254,118 @@ async fn failover_sends_everything_to_the_first_member_up() {
 
 fn addresses(sinks: &[Sink]) -> Vec<SocketAddr> {
     sinks.iter().map(Sink::address).collect()
+}
+
+/// The numbers `n` of lines `reload.lineN N 1700000000`, in arrival order.
+fn numbers(sink: &Sink) -> Vec<usize> {
+    sink.lines()
+        .iter()
+        .map(|line| {
+            line.split(' ')
+                .nth(1)
+                .and_then(|number| number.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected line {line:?}"))
+        })
+        .collect()
+}
+
+/// Whether `numbers` are consecutive: nothing lost, nothing twice, in order.
+fn is_run(numbers: &[usize]) -> bool {
+    numbers.windows(2).all(|pair| pair[1] == pair[0] + 1)
+}
+
+#[test]
+fn sighup_under_load_swaps_destinations_and_loses_no_line() {
+    const N_LINES: usize = 300_000;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (a, b, c) = runtime.block_on(async {
+        (
+            Sink::start().await,
+            Sink::start().await,
+            Sink::start().await,
+        )
+    });
+    let config = |destinations: &[&Sink]| {
+        let list: Vec<String> = destinations
+            .iter()
+            .map(|sink| format!("\"{}\"", sink.address()))
+            .collect();
+        format!("destinations = [{}]\n", list.join(", "))
+    };
+    let file = config_file(&config(&[&a, &b]));
+    let path = file.path().to_str().unwrap().to_string();
+    let mut relay = RelayProcess::start(&["-c", &path]);
+    let listen_address = relay.listen_address;
+    // One client, one connection, sending throughout the reloads.
+    let client = std::thread::spawn(move || {
+        let mut stream = std::net::TcpStream::connect(listen_address).unwrap();
+        for chunk in 0..N_LINES / 1000 {
+            let mut bytes = Vec::new();
+            for number in chunk * 1000..(chunk + 1) * 1000 {
+                bytes.extend_from_slice(
+                    format!("reload.line{number} {number} 1700000000\n").as_bytes(),
+                );
+            }
+            stream
+                .write_all(&bytes)
+                .expect("the relay keeps the client's connection across reloads");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let wait_until = |what: &str, condition: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + PATIENCE;
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    wait_until("lines flowing", &|| b.n_lines() > 20_000);
+
+    // a out, c in.
+    std::fs::write(&path, config(&[&b, &c])).unwrap();
+    relay.signal("HUP");
+    relay.wait_for_logs("reload: new configuration in use", 1);
+    relay.wait_for_log("reload: removed destination drained and stopped");
+    wait_until("c receiving", &|| c.n_lines() > 10_000);
+
+    // A config that does not parse is refused; the relay goes on with the last good one.
+    std::fs::write(&path, "destinations = [\n").unwrap();
+    relay.signal("HUP");
+    relay.wait_for_log("reload rejected");
+
+    // a back.
+    std::fs::write(&path, config(&[&a, &b, &c])).unwrap();
+    relay.signal("HUP");
+    relay.wait_for_logs("reload: new configuration in use", 2);
+    client.join().unwrap();
+    wait_until("b has every line", &|| b.n_lines() >= N_LINES);
+    wait_until("a and c caught up", &|| {
+        numbers(&a).last() == Some(&(N_LINES - 1)) && numbers(&c).last() == Some(&(N_LINES - 1))
+    });
+    relay.signal("TERM");
+    assert_eq!(
+        relay.wait().code(),
+        Some(0),
+        "{}",
+        relay.stderr().join("\n")
+    );
+
+    // b stayed: every line, in order, once.
+    let b_numbers = numbers(&b);
+    assert_eq!(b_numbers.len(), N_LINES);
+    assert!(is_run(&b_numbers) && b_numbers[0] == 0);
+    // a: everything up to its removal (it drained), then everything from its return to the end.
+    let a_numbers = numbers(&a);
+    let gap = a_numbers
+        .windows(2)
+        .position(|pair| pair[1] != pair[0] + 1)
+        .expect("a was out for a while");
+    assert_eq!(a_numbers[0], 0);
+    assert!(
+        is_run(&a_numbers[..=gap]) && is_run(&a_numbers[gap + 1..]),
+        "a lost lines"
+    );
+    // c: one run from when it was added to the end.
+    let c_numbers = numbers(&c);
+    assert!(c_numbers[0] > 0 && is_run(&c_numbers), "c lost lines");
 }

@@ -124,9 +124,20 @@ impl RelayProcess {
 
     /// Waits until stderr has a line containing `needle`, and returns it.
     pub fn wait_for_log(&mut self, needle: &str) -> String {
+        self.wait_for_logs(needle, 1)
+    }
+
+    /// Waits until stderr has `n` lines containing `needle`, and returns the last of them.
+    pub fn wait_for_logs(&mut self, needle: &str, n: usize) -> String {
         let deadline = Instant::now() + PATIENCE;
         loop {
-            if let Some(line) = self.stderr.lock().iter().find(|line| line.contains(needle)) {
+            if let Some(line) = self
+                .stderr
+                .lock()
+                .iter()
+                .filter(|line| line.contains(needle))
+                .nth(n - 1)
+            {
                 return line.clone();
             }
             if let Ok(Some(status)) = self.child.try_wait() {
