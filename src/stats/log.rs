@@ -64,8 +64,11 @@ pub enum ReportLine {
         /// Lines dropped for this reason during the interval.
         n_lines: u64,
     },
-    /// Valid lines were dropped during the interval because no destination is configured.
+    /// Lines went to no destination during the interval: `no_destination` (none configured), `no_route` (no route
+    /// matched), `blackholed` (routes sent them to `blackhole`) or `rewrite_invalid` (a rewrite made them invalid).
     NoDestinationDropped {
+        /// Which of the four.
+        reason: &'static str,
         /// Lines dropped during the interval.
         n_lines: u64,
     },
@@ -166,14 +169,28 @@ pub fn interval_report(
             }
         }
     }
-    let n_no_destination = current
-        .lines
-        .dropped_no_destination
-        .saturating_sub(previous.lines.dropped_no_destination);
-    if n_no_destination > 0 {
-        report.push(ReportLine::NoDestinationDropped {
-            n_lines: n_no_destination,
-        });
+    for (reason, now, before) in [
+        (
+            "no_destination",
+            current.lines.dropped_no_destination,
+            previous.lines.dropped_no_destination,
+        ),
+        ("no_route", current.lines.no_route, previous.lines.no_route),
+        (
+            "blackholed",
+            current.lines.blackholed,
+            previous.lines.blackholed,
+        ),
+        (
+            "rewrite_invalid",
+            current.lines.rewrite_invalid,
+            previous.lines.rewrite_invalid,
+        ),
+    ] {
+        let n_lines = now.saturating_sub(before);
+        if n_lines > 0 {
+            report.push(ReportLine::NoDestinationDropped { reason, n_lines });
+        }
     }
     report
 }
@@ -190,8 +207,14 @@ impl ReportLine {
                     Level::INFO
                 }
             }
-            ReportLine::DestinationDropped { .. } | ReportLine::NoDestinationDropped { .. } => {
-                Level::ERROR
+            ReportLine::DestinationDropped { .. } => Level::ERROR,
+            // Blackholing is what the routes asked for; the others are lines lost to a gap in the config.
+            ReportLine::NoDestinationDropped { reason, .. } => {
+                if *reason == "blackholed" {
+                    Level::INFO
+                } else {
+                    Level::ERROR
+                }
             }
         }
     }
@@ -240,12 +263,12 @@ impl ReportLine {
                 reason = reason.name(),
                 "destination dropping lines"
             ),
-            ReportLine::NoDestinationDropped { n_lines } => {
-                error!(
-                    dropped = n_lines,
-                    reason = "no_destination",
-                    "lines dropped"
-                )
+            ReportLine::NoDestinationDropped { reason, n_lines } => {
+                if *reason == "blackholed" {
+                    info!(dropped = n_lines, reason, "lines dropped");
+                } else {
+                    error!(dropped = n_lines, reason, "lines dropped");
+                }
             }
         }
     }
@@ -289,8 +312,8 @@ impl fmt::Display for ReportLine {
                 "destination dropping lines destination={address} dropped={n_lines} reason={}",
                 reason.name()
             ),
-            ReportLine::NoDestinationDropped { n_lines } => {
-                write!(f, "lines dropped dropped={n_lines} reason=no_destination")
+            ReportLine::NoDestinationDropped { reason, n_lines } => {
+                write!(f, "lines dropped dropped={n_lines} reason={reason}")
             }
         }
     }
@@ -520,6 +543,38 @@ mod tests {
     }
 
     #[test]
+    fn lines_routed_nowhere_are_logged_by_reason_and_blackholing_is_no_error() {
+        let previous = spool_snapshot(0, 0, false, 0, 0);
+        let mut current = previous.clone();
+        current.lines.no_route = 3;
+        current.lines.blackholed = 7;
+        current.lines.rewrite_invalid = 1;
+        let report = interval_report(&previous, &current, Duration::from_secs(5));
+        let nowhere: Vec<(Level, String)> = report
+            .iter()
+            .filter(|line| matches!(line, ReportLine::NoDestinationDropped { .. }))
+            .map(|line| (line.level(), line.to_string()))
+            .collect();
+        assert_eq!(
+            nowhere,
+            [
+                (
+                    Level::ERROR,
+                    "lines dropped dropped=3 reason=no_route".to_string()
+                ),
+                (
+                    Level::INFO,
+                    "lines dropped dropped=7 reason=blackholed".to_string()
+                ),
+                (
+                    Level::ERROR,
+                    "lines dropped dropped=1 reason=rewrite_invalid".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
     fn spool_drops_are_errors_under_their_own_reasons() {
         check(
             &spool_snapshot(0, 0, false, 10, 0),
@@ -545,7 +600,13 @@ mod tests {
         let mut current = snapshot(4, 0, &[]);
         current.lines.dropped_no_destination = 4;
         let report = interval_report(&previous, &current, Duration::from_secs(5));
-        assert_eq!(report[1], ReportLine::NoDestinationDropped { n_lines: 4 });
+        assert_eq!(
+            report[1],
+            ReportLine::NoDestinationDropped {
+                reason: "no_destination",
+                n_lines: 4
+            }
+        );
         assert_eq!(report[1].level(), Level::ERROR);
     }
 

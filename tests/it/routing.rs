@@ -369,3 +369,117 @@ fn sighup_under_load_swaps_destinations_and_loses_no_line() {
     let c_numbers = numbers(&c);
     assert!(c_numbers[0] > 0 && is_run(&c_numbers), "c lost lines");
 }
+
+#[tokio::test]
+async fn self_metrics_go_through_the_routes_so_a_hash_cluster_stores_each_series_once() {
+    let sinks = [Sink::start().await, Sink::start().await];
+    let mut config = support::config(&[]);
+    let members = members(&addresses(&sinks));
+    let members: Vec<&str> = members.iter().map(String::as_str).collect();
+    config.clusters = vec![ClusterConfig::new("c", ClusterMethod::CarbonCh, &members)];
+    config.stats.metrics_flush = Duration::from_millis(100);
+    config.stats.metrics_prefix = "carbon.relays.test".to_string();
+    let relay = TestRelay::start(config).await;
+    // Three flushes' worth of series.
+    eventually("self-metrics flushed three times", || {
+        sinks.iter().map(Sink::n_lines).sum::<usize>() >= 3 * 12
+    })
+    .await;
+    relay.shutdown().await;
+    let mut holders: HashMap<String, HashSet<usize>> = HashMap::new();
+    for (index, sink) in sinks.iter().enumerate() {
+        for line in sink.lines() {
+            let path = line.split(' ').next().unwrap().to_string();
+            assert!(path.starts_with("carbon.relays.test."), "{line}");
+            holders.entry(path).or_default().insert(index);
+        }
+    }
+    assert!(holders.len() >= 12, "{holders:?}");
+    for (path, sinks) in &holders {
+        assert_eq!(sinks.len(), 1, "{path} went to more than one member");
+    }
+    assert!(holders.values().any(|sinks| sinks.contains(&0)));
+    assert!(holders.values().any(|sinks| sinks.contains(&1)));
+}
+
+#[tokio::test]
+async fn a_reload_keeps_a_destinations_spool_open_and_a_removed_ones_spool_on_disk() {
+    let spool_dir = tempfile::tempdir().unwrap();
+    let first = Sink::start().await;
+    let second = Sink::start().await;
+    let config = |destinations: &[&Sink]| {
+        let mut config = support::config(
+            &destinations
+                .iter()
+                .map(|sink| sink.address())
+                .collect::<Vec<_>>(),
+        );
+        config.destination.spool_dir = Some(spool_dir.path().to_path_buf());
+        config
+    };
+    let mut relay = TestRelay::start(config(&[&first])).await;
+    // Kept: its spool is not opened again (a second open would find its own lock held and fail the reload).
+    let report = relay.reload(config(&[&first, &second])).await.unwrap();
+    assert_eq!(report.kept, [first.address().to_string()]);
+    assert_eq!(report.added, [second.address().to_string()]);
+    send(relay.address(), b"both.a 1 1700000000\n").await;
+    eventually("both got the line", || {
+        first.n_lines() == 1 && second.n_lines() == 1
+    })
+    .await;
+
+    // Removed: it drains and stops, and its spool directory stays.
+    let report = relay.reload(config(&[&second])).await.unwrap();
+    assert_eq!(report.removed, [first.address().to_string()]);
+    eventually("the removed destination left the counters", || {
+        relay.handle.registry.destinations().len() == 1
+    })
+    .await;
+    let first_spool = spool_dir
+        .path()
+        .join(polymur::spool::directory_name(&first.address().to_string()));
+    assert!(first_spool.join(polymur::spool::LOCK_FILE_NAME).exists());
+    send(relay.address(), b"second.only 2 1700000000\n").await;
+    eventually("the second got it", || second.n_lines() == 2).await;
+
+    // Named again: its spool opens again (its lock was released when it stopped).
+    let report = relay.reload(config(&[&first, &second])).await.unwrap();
+    assert_eq!(report.added, [first.address().to_string()]);
+    send(relay.address(), b"both.b 3 1700000000\n").await;
+    eventually("both got it", || {
+        first.n_lines() == 2 && second.n_lines() == 3
+    })
+    .await;
+    assert_eq!(
+        first.sorted_lines(),
+        ["both.a 1 1700000000", "both.b 3 1700000000"]
+    );
+    let report = relay.shutdown().await;
+    assert_eq!(report.lines_lost, 0);
+}
+
+#[tokio::test]
+async fn a_reload_that_cannot_open_a_new_spool_changes_nothing() {
+    let spool_dir = tempfile::tempdir().unwrap();
+    let sink = Sink::start().await;
+    let mut config = support::config(&[sink.address()]);
+    let mut relay = TestRelay::start(config.clone()).await;
+    // A spool directory below a regular file cannot be created.
+    let file = spool_dir.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    config.clusters = vec![ClusterConfig::new(
+        "spooled",
+        ClusterMethod::Forward,
+        &["127.0.0.1:9=new"],
+    )];
+    config.clusters[0].overrides.insert(
+        "spool_dir".to_string(),
+        toml::Value::String(file.join("spool").display().to_string()),
+    );
+    let err = relay.reload(config).await.unwrap_err();
+    assert!(format!("{err:#}").contains("spool"), "{err:#}");
+    assert_eq!(relay.handle.registry.destinations().len(), 1);
+    send(relay.address(), b"still.routed 1 1700000000\n").await;
+    eventually("the old config still routes", || sink.n_lines() == 1).await;
+    relay.shutdown().await;
+}

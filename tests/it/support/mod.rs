@@ -50,6 +50,11 @@ impl TestRelay {
         self.handle.listen_address
     }
 
+    /// Reloads with `config`, as SIGHUP does.
+    pub async fn reload(&mut self, config: Config) -> anyhow::Result<polymur::relay::ReloadReport> {
+        self.relay.reload(config).await
+    }
+
     /// Shuts the relay down gracefully.
     pub async fn shutdown(self) -> ShutdownReport {
         self.relay.shutdown().await
