@@ -912,6 +912,23 @@ mod tests {
     }
 
     #[test]
+    fn the_clusters_example_is_valid_and_routes_as_its_comments_say() {
+        let config = Config::parse(include_str!("../config/clusters.toml")).unwrap();
+        config.validate().unwrap();
+        let table = crate::router::table::RoutingTable::new(&config).unwrap();
+        let names: Vec<&str> = table
+            .clusters()
+            .iter()
+            .map(|cluster| cluster.name.as_str())
+            .collect();
+        assert_eq!(names, ["default", "cache", "relays"]);
+        let plans = config.destination_plans().unwrap();
+        assert_eq!(plans.len(), 6);
+        assert_eq!(plans[1].config.queue_max_bytes, 256 * 1024 * 1024);
+        assert_eq!(plans[4].config.queue_max_bytes, 64 * 1024 * 1024);
+    }
+
+    #[test]
     fn the_example_file_sets_every_key_to_its_default_except_destinations() {
         let example = include_str!("../config/polymur.toml");
         let config = Config::parse(example).unwrap();
