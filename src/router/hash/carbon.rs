@@ -17,9 +17,10 @@
 //!   otherwise; both read unsigned bytes.
 //! - Nodes are added in config order. A replica whose position is already taken (by any node) moves to the next
 //!   position, `+1`, until it finds a free one; it never wraps, so a position can exceed 65,535.
-//! - A path's position is computed with the same hash from the path's bytes (UTF-8, as carbon decodes lines). The
-//!   walk starts at the first entry at or after it (wrapping to the first entry), and collects distinct nodes, primary
-//!   first. It visits at most all entries but the one before the start, as carbon's `get_nodes` does.
+//! - A path's position is computed with the same hash from the path's bytes (UTF-8, as carbon decodes lines); under
+//!   `carbon_ch` it is [`md5_position`], as under carbon-c-relay's `carbon_ch`. The walk starts at the first entry at
+//!   or after it (wrapping to the first entry), and collects distinct nodes, primary first. It visits at most all
+//!   entries but the one before the start, as carbon's `get_nodes` does.
 //! - With `diverse_replicas` (carbon's `DIVERSE_REPLICAS`, default true) a node whose server was already chosen is
 //!   skipped, so replicas land on distinct servers (hosts, compared as written); with fewer servers than the
 //!   replication factor a path gets fewer members.
@@ -39,9 +40,7 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use md5::{Digest, Md5};
-
-use super::Member;
+use super::{md5_position, Member, Position, RingEntry};
 
 /// The number of replicas carbon gives each node (`ConsistentHashRing`'s `replica_count` default).
 const REPLICAS_PER_NODE: u32 = 100;
@@ -94,7 +93,7 @@ impl CarbonRing {
             for replica in 0..REPLICAS_PER_NODE {
                 replica_key.clear();
                 push_replica_key(&mut replica_key, method, member, replica);
-                let mut replica_position = position(method, replica_key.as_bytes());
+                let mut replica_position = u32::from(key_position(method, replica_key.as_bytes()));
                 while !taken_positions.insert(replica_position) {
                     replica_position += 1;
                 }
@@ -138,21 +137,46 @@ impl CarbonRing {
     }
 
     /// Writes into `out` (cleared first) the indices into `members` of the up-to-`replication` members `path` goes to,
-    /// primary first.
+    /// primary first: [`CarbonRing::members_at`] the path's [`CarbonRing::path_position`].
     ///
     /// Fewer come back when the cluster has fewer members (or, with diverse replicas, fewer hosts); none for an empty
     /// cluster or a `replication` of 0.
     pub fn members_for(&self, path: &[u8], replication: usize, out: &mut Vec<usize>) {
+        self.members_at(self.path_position(path), replication, out);
+    }
+
+    /// The position `path` starts its walk from: its [`md5_position`] under `carbon_ch`, its folded FNV-1a under
+    /// `fnv1a_ch` (0 to 65,535 either way).
+    ///
+    /// It depends on the path and the method alone, not on the members.
+    pub fn path_position(&self, path: &[u8]) -> Position {
+        Position::from(key_position(self.method, path))
+    }
+
+    /// Whether [`CarbonRing::path_position`] is worth caching: true for `carbon_ch`, whose MD5 costs several times the
+    /// walk, false for `fnv1a_ch`.
+    ///
+    /// Every ring, of either flavour, that answers true computes its positions with [`md5_position`], so one cache
+    /// serves them all.
+    pub fn position_is_expensive(&self) -> bool {
+        self.method == CarbonMethod::CarbonCh
+    }
+
+    /// Writes into `out` (cleared first) the indices of the up-to-`replication` members a path at `position` goes to,
+    /// primary first, walking the ring from the first entry at or after `position`.
+    ///
+    /// `position` is what [`CarbonRing::path_position`] gave for the path, or the same value from a cache or from
+    /// another ring of the same method. Fewer members come back as for [`CarbonRing::members_for`].
+    pub fn members_at(&self, position: Position, replication: usize, out: &mut Vec<usize>) {
         out.clear();
         let n_wanted = replication.min(self.n_servers);
         if n_wanted == 0 {
             return;
         }
         let n_entries = self.positions.len();
-        let path_position = position(self.method, path);
         let start = self
             .positions
-            .partition_point(|&entry| entry < path_position)
+            .partition_point(|&entry| Position::from(entry) < position)
             % n_entries;
         // Carbon stops one short of a full turn; with 100 replicas a node always has another entry, but stay exact.
         let n_visited = (n_entries - 1).max(1);
@@ -170,19 +194,28 @@ impl CarbonRing {
             }
         }
     }
+
+    /// The ring's entries in ring order, as carbon's `ConsistentHashRing.ring` lists them: 100 per member, positions
+    /// strictly increasing (a collision moved the later replica on, possibly past 65,535).
+    pub fn entries(&self) -> impl Iterator<Item = RingEntry> + '_ {
+        self.positions
+            .iter()
+            .zip(&self.entry_members)
+            .map(|(&position, &member)| RingEntry {
+                position: Position::from(position),
+                member,
+            })
+    }
 }
 
-/// The ring position of `key` under `method`, as carbon's `carbonHash`: the first two bytes of its MD5, big-endian,
-/// or its 32-bit FNV-1a folded to 16 bits.
-fn position(method: CarbonMethod, key: &[u8]) -> u32 {
+/// The position of `key` under `method`, as carbon's `carbonHash`: the first two bytes of its MD5, big-endian, or its
+/// 32-bit FNV-1a folded to 16 bits.
+fn key_position(method: CarbonMethod, key: &[u8]) -> u16 {
     match method {
-        CarbonMethod::CarbonCh => {
-            let digest = Md5::digest(key);
-            u32::from(u16::from_be_bytes([digest[0], digest[1]]))
-        }
+        CarbonMethod::CarbonCh => md5_position(key),
         CarbonMethod::Fnv1aCh => {
             let hash = fnv1a_32(key);
-            (hash >> 16) ^ (hash & 0xffff)
+            ((hash >> 16) ^ (hash & 0xffff)) as u16
         }
     }
 }
@@ -396,6 +429,73 @@ mod tests {
             "a.187804",
             &[0, 1],
         );
+    }
+
+    #[test]
+    fn entries_are_carbons_ring_in_order() {
+        // From carbon: `ConsistentHashRing(nodes, hash_type='fnv1a_ch').ring`, 300 entries. The first two members
+        // share instance `a`, so they hash the same texts and the second's replicas sit one after the first's.
+        let members: Vec<Member> = ["127.0.0.10:2004:a", "127.0.0.8:2004:a", "127.0.0.10:2104:b"]
+            .iter()
+            .map(|destination| member(destination))
+            .collect();
+        let ring = CarbonRing::new(CarbonMethod::Fnv1aCh, &members, true);
+        let entries: Vec<(Position, usize)> = ring
+            .entries()
+            .map(|entry| (entry.position, entry.member))
+            .collect();
+        assert_eq!(entries.len(), 300);
+        assert_eq!(
+            entries[..8],
+            [
+                (218, 2),
+                (536, 2),
+                (611, 0),
+                (612, 1),
+                (991, 2),
+                (1625, 0),
+                (1626, 1),
+                (1795, 2)
+            ]
+        );
+        assert_eq!(entries[297..], [(65214, 2), (65465, 0), (65466, 1)]);
+        assert!(entries.windows(2).all(|pair| pair[0].0 < pair[1].0));
+        for member_index in 0..3 {
+            let n_entries = entries
+                .iter()
+                .filter(|&&(_, member)| member == member_index)
+                .count();
+            assert_eq!(n_entries, 100);
+        }
+    }
+
+    #[test]
+    fn members_at_a_path_position_are_the_paths_members() {
+        let members: Vec<Member> = ["127.0.0.1:2003:a", "127.0.0.1:2103:b", "127.0.0.2:2003:a"]
+            .iter()
+            .map(|destination| member(destination))
+            .collect();
+        let mut from_path = Vec::new();
+        let mut from_position = Vec::new();
+        for method in [CarbonMethod::CarbonCh, CarbonMethod::Fnv1aCh] {
+            let ring = CarbonRing::new(method, &members, true);
+            assert_eq!(
+                ring.position_is_expensive(),
+                method == CarbonMethod::CarbonCh
+            );
+            for path in ["a.4", "a.12", "née.a", ""] {
+                let position = ring.path_position(path.as_bytes());
+                assert!(position <= 0xffff, "{method:?} {path:?} {position}");
+                ring.members_for(path.as_bytes(), 2, &mut from_path);
+                ring.members_at(position, 2, &mut from_position);
+                assert_eq!(from_position, from_path, "{method:?} {path:?}");
+            }
+        }
+        // The top of the ring wraps to its first entry, as for a path past the last one.
+        let ring = CarbonRing::new(CarbonMethod::CarbonCh, &members, false);
+        let first_member = ring.entries().next().expect("a ring entry").member;
+        ring.members_at(Position::MAX, 1, &mut from_position);
+        assert_eq!(from_position, [first_member]);
     }
 
     #[test]
