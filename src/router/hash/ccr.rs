@@ -582,6 +582,8 @@ mod tests {
         method: CcrMethod,
         replication: usize,
         members: Vec<Member>,
+        /// The ring as `carbon-c-relay -t -d` lists it: the number it prints, and the member index.
+        ring: Vec<(u64, usize)>,
         expected: Vec<Vec<usize>>,
     }
 
@@ -599,10 +601,21 @@ mod tests {
                     replication = count.parse().expect("replication is a number")
                 }
                 Some(("member", text)) => members.push(member(text)),
-                None if line == "paths" => break,
+                None if line == "ring" => break,
                 _ => panic!("unexpected fixture line {line:?}"),
             }
         }
+        let ring = lines
+            .by_ref()
+            .take_while(|&line| line != "paths")
+            .map(|line| {
+                let (number, member) = line.split_once(' ').expect("ring line has two fields");
+                (
+                    number.parse().expect("ring position"),
+                    member.parse().expect("ring member index"),
+                )
+            })
+            .collect();
         let expected = lines
             .map(|line| {
                 line.split(' ')
@@ -614,17 +627,24 @@ mod tests {
             method: method.expect("fixture names its method"),
             replication,
             members,
+            ring,
             expected,
         }
     }
 
-    #[test]
-    fn every_fixture_path_goes_where_carbon_c_relay_sends_it() {
-        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ccr");
-        let paths_text =
-            std::fs::read_to_string(directory.join("paths.txt")).expect("read paths.txt");
-        let paths: Vec<&str> = paths_text.lines().collect();
-        let mut fixture_names: Vec<_> = std::fs::read_dir(&directory)
+    fn fixture_directory() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ccr")
+    }
+
+    /// The text of `tests/data/ccr/NAME`.
+    fn fixture_text(name: &str) -> String {
+        std::fs::read_to_string(fixture_directory().join(name))
+            .unwrap_or_else(|error| panic!("read {name}: {error}"))
+    }
+
+    /// The names of the 27 ring fixtures, `METHOD-CLUSTER.txt`, sorted.
+    fn fixture_names() -> Vec<String> {
+        let mut fixture_names: Vec<_> = std::fs::read_dir(fixture_directory())
             .expect("read tests/data/ccr")
             .map(|entry| {
                 entry
@@ -633,14 +653,22 @@ mod tests {
                     .into_string()
                     .expect("utf-8 file name")
             })
-            .filter(|name| name.ends_with(".txt") && name != "paths.txt")
+            .filter(|name| {
+                name.ends_with(".txt") && name != "paths.txt" && !name.starts_with("positions-")
+            })
             .collect();
         fixture_names.sort();
         assert_eq!(fixture_names.len(), 27, "{fixture_names:?}");
+        fixture_names
+    }
+
+    #[test]
+    fn every_fixture_path_goes_where_carbon_c_relay_sends_it() {
+        let paths_text = fixture_text("paths.txt");
+        let paths: Vec<&str> = paths_text.lines().collect();
         let mut out = Vec::new();
-        for name in &fixture_names {
-            let fixture =
-                read_fixture(&std::fs::read_to_string(directory.join(name)).expect("read fixture"));
+        for name in &fixture_names() {
+            let fixture = read_fixture(&fixture_text(name));
             assert_eq!(fixture.expected.len(), paths.len(), "{name}");
             let ring = CcrRing::new(fixture.method, &fixture.members);
             for (path, expected) in paths.iter().zip(&fixture.expected) {
@@ -652,6 +680,58 @@ mod tests {
                         out,
                         expected[..replication],
                         "{name} {path} replication {replication}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn entries_list_the_ring_as_carbon_c_relay_dumps_it() {
+        for name in &fixture_names() {
+            let fixture = read_fixture(&fixture_text(name));
+            let ring = CcrRing::new(fixture.method, &fixture.members);
+            let entries: Vec<(u64, usize)> = ring
+                .entries()
+                .map(|entry| (entry.position, entry.member))
+                .collect();
+            let expected: Vec<(u64, usize)> = match fixture.method {
+                CcrMethod::JumpFnv1aCh => fixture
+                    .ring
+                    .iter()
+                    .enumerate()
+                    .map(|(bucket, &(config_index, member))| {
+                        // carbon-c-relay prints the member's config index where we give the bucket number.
+                        assert_eq!(config_index, member as u64, "{name}");
+                        (bucket as u64, member)
+                    })
+                    .collect(),
+                _ => fixture.ring.clone(),
+            };
+            assert_eq!(entries, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn path_positions_are_carbon_c_relays_hash_pos_whatever_the_members() {
+        let paths_text = fixture_text("paths.txt");
+        let three: Vec<Member> = THREE.split(' ').map(member).collect();
+        let one = [member("10.1.1.1:2003")];
+        for (method, name) in [
+            (CcrMethod::CarbonCh, "positions-carbon_ch.txt"),
+            (CcrMethod::Fnv1aCh, "positions-fnv1a_ch.txt"),
+        ] {
+            let hash_positions_text = fixture_text(name);
+            let hash_positions: Vec<&str> = hash_positions_text.lines().collect();
+            assert_eq!(hash_positions.len(), paths_text.lines().count(), "{name}");
+            let rings = [CcrRing::new(method, &three), CcrRing::new(method, &one)];
+            for (path, hash_position) in paths_text.lines().zip(&hash_positions) {
+                let expected: Position = hash_position.parse().expect("a position");
+                for ring in &rings {
+                    assert_eq!(
+                        ring.path_position(path.as_bytes()),
+                        expected,
+                        "{name} {path}"
                     );
                 }
             }
