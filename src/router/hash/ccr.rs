@@ -3,7 +3,9 @@
 //! already holds it.
 //!
 //! Built once per cluster from its members in config order; [`CcrRing::members_for`] then only reads it and allocates
-//! nothing. Pinned by fixtures that `carbon-c-relay -t` produced (`tests/data/ccr/`, see `tests/data/README.md`).
+//! nothing. Like every ring here it splits into [`CcrRing::path_position`] and [`CcrRing::members_at`], so that the
+//! router can cache the MD5 positions of `carbon_ch` (see the parent module). Pinned by fixtures that
+//! `carbon-c-relay -t -d` produced (`tests/data/ccr/`, see `tests/data/README.md`).
 //!
 //! # `carbon_ch` and `fnv1a_ch`
 //!
@@ -13,7 +15,8 @@
 //! - `carbon_ch` hashes, for replica `i`, the text of carbon's Python key `('HOST', 'INSTANCE'):i`, or
 //!   `('HOST', None):i` without an instance; a position is the first two bytes of its MD5, big-endian. The port is not
 //!   hashed: two members on one host without instances get the same 100 positions, and the first in config order
-//!   takes them all. A path's position is the first two bytes of the MD5 of the path.
+//!   takes them all. A path's position is the first two bytes of the MD5 of the path, [`md5_position`]: the same
+//!   function as carbon's own `carbon_ch`.
 //! - `fnv1a_ch` hashes `i-HOST:PORT`, or only `i-INSTANCE` when the member has an instance (so the instance replaces
 //!   the address entirely). A position is the 32-bit FNV-1a folded to 16 bits, `(h >> 16) ^ (h & 0xffff)`; a path's
 //!   position is the same function of the path.
@@ -26,7 +29,8 @@
 //! - **Ties.** Entries are sorted by position, then by host (`strcmp`), then by instance (`strcmp`, a member without
 //!   an instance after one with) for `carbon_ch`, or by port for `fnv1a_ch`; what is still equal keeps config order
 //!   (glibc 2.36's `qsort` is a stable merge sort, reproduced here). Of a run of equal positions only the first entry
-//!   counts: the others' servers are overwritten with its server, so the losers of a tie lose that replica.
+//!   counts: the others' servers are overwritten with its server, so the losers of a tie lose that replica (the ring
+//!   keeps those entries, with the winner as their member, as `carbon-c-relay -t -d` lists them).
 //! - **No diverse replicas.** Replicas are just the next distinct members clockwise, never "a different host".
 //!
 //! # `jump_fnv1a_ch`
@@ -35,7 +39,8 @@
 //! order: members with an instance first, sorted by instance (numerically when both instances are whole decimal
 //! numbers, by `strcmp` otherwise), then the members without an instance in config order. For each further replica
 //! the chosen bucket is replaced by the last one (swap-remove), the hash is stirred with xorshift64* and the jump
-//! repeats over one bucket fewer.
+//! repeats over one bucket fewer. A path's position is therefore its whole 64-bit FNV-1a, not a bucket: the replicas
+//! are drawn from it.
 //!
 //! # Bytes above 0x7f
 //!
@@ -45,9 +50,7 @@
 
 use std::cmp::Ordering;
 
-use md5::{Digest, Md5};
-
-use super::Member;
+use super::{md5_position, Member, Position, RingEntry};
 
 /// The hashing method of a carbon-c-relay cluster, named after its config keyword.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,8 +73,8 @@ pub struct CcrRing {
 /// The ring proper: positions for the two 16-bit rings, a bucket order for jump.
 #[derive(Debug, Clone)]
 enum RingKind {
-    /// Sorted by position, one entry per distinct position (the winner of each tie), and the number of distinct
-    /// members left on the ring.
+    /// Sorted by position, 100 entries per member; every entry of a run of equal positions has the run's first
+    /// member (the winner of the tie). Also the number of distinct members left on the ring.
     Positions {
         entries: Vec<Entry>,
         n_members: usize,
@@ -98,7 +101,7 @@ impl CcrRing {
     pub fn new(method: CcrMethod, members: &[Member]) -> CcrRing {
         let kind = match method {
             CcrMethod::CarbonCh => {
-                positions_ring(members, carbon_key, carbon_position, compare_carbon)
+                positions_ring(members, carbon_key, md5_position, compare_carbon)
             }
             CcrMethod::Fnv1aCh => positions_ring(members, fnv1a_key, fnv1a_position, compare_fnv1a),
             CcrMethod::JumpFnv1aCh => {
@@ -113,12 +116,42 @@ impl CcrRing {
     }
 
     /// Writes into `out` (cleared first) the indices into `members` of the up-to-`replication` members `path` goes to,
-    /// primary first.
+    /// primary first: [`CcrRing::members_at`] the path's [`CcrRing::path_position`].
     ///
     /// `path` is the metric path alone, without value or timestamp. Fewer than `replication` indices are written only
     /// when the ring holds fewer distinct members (carbon-c-relay refuses such a config, or, when members share a host
     /// under `carbon_ch`, loops forever).
     pub fn members_for(&self, path: &[u8], replication: usize, out: &mut Vec<usize>) {
+        self.members_at(self.path_position(path), replication, out);
+    }
+
+    /// The position `path` starts from: its [`md5_position`] under `carbon_ch` and its folded FNV-1a under `fnv1a_ch`
+    /// (what carbon-c-relay `-d` prints as `hash_pos`, 0 to 65,535), its 64-bit FNV-1a under `jump_fnv1a_ch`.
+    ///
+    /// It depends on the path and the method alone, not on the members.
+    pub fn path_position(&self, path: &[u8]) -> Position {
+        match self.method {
+            CcrMethod::CarbonCh => Position::from(md5_position(path)),
+            CcrMethod::Fnv1aCh => Position::from(fnv1a_position(path)),
+            CcrMethod::JumpFnv1aCh => fnv1a_64(path),
+        }
+    }
+
+    /// Whether [`CcrRing::path_position`] is worth caching: true for `carbon_ch` (MD5), false for the FNV-1a methods.
+    ///
+    /// Every ring, of either flavour, that answers true computes its positions with [`md5_position`], so one cache
+    /// serves them all.
+    pub fn position_is_expensive(&self) -> bool {
+        self.method == CcrMethod::CarbonCh
+    }
+
+    /// Writes into `out` (cleared first) the indices of the up-to-`replication` members a path at `position` goes to,
+    /// primary first: from the first entry at or after `position` clockwise, or for `jump_fnv1a_ch` by jumping with
+    /// `position` as the hash.
+    ///
+    /// `position` is what [`CcrRing::path_position`] gave for the path, or the same value from a cache or from another
+    /// ring of the same method. Fewer members come back as for [`CcrRing::members_for`].
+    pub fn members_at(&self, position: Position, replication: usize, out: &mut Vec<usize>) {
         out.clear();
         match &self.kind {
             RingKind::Positions { entries, n_members } => {
@@ -126,11 +159,8 @@ impl CcrRing {
                 if n_wanted == 0 {
                     return;
                 }
-                let position = match self.method {
-                    CcrMethod::CarbonCh => carbon_position(path),
-                    _ => fnv1a_position(path),
-                };
-                let start = entries.partition_point(|entry| entry.position < position);
+                let start =
+                    entries.partition_point(|entry| Position::from(entry.position) < position);
                 let clockwise = entries[start..].iter().chain(&entries[..start]);
                 for entry in clockwise {
                     if !out.contains(&entry.member) {
@@ -141,13 +171,38 @@ impl CcrRing {
                     }
                 }
             }
-            RingKind::Jump { buckets } => jump_members(buckets, path, replication, out),
+            RingKind::Jump { buckets } => jump_members(buckets, position, replication, out),
         }
+    }
+
+    /// The ring's entries in ring order, as `carbon-c-relay -t -d` lists them after `# hash ring for CLUSTER follows`.
+    ///
+    /// For `carbon_ch` and `fnv1a_ch`: 100 per member, by position, the losers of a tie listed with the winner as
+    /// their member. For `jump_fnv1a_ch`: one per member in bucket order, the position being the bucket number
+    /// (carbon-c-relay prints the member's config index there instead).
+    pub fn entries(&self) -> impl Iterator<Item = RingEntry> + '_ {
+        let (entries, buckets): (&[Entry], &[usize]) = match &self.kind {
+            RingKind::Positions { entries, .. } => (entries, &[]),
+            RingKind::Jump { buckets } => (&[], buckets),
+        };
+        // One of the two is empty; chaining them keeps a single iterator type without boxing.
+        let position_entries = entries.iter().map(|entry| RingEntry {
+            position: Position::from(entry.position),
+            member: entry.member,
+        });
+        let bucket_entries = buckets
+            .iter()
+            .enumerate()
+            .map(|(bucket, &member)| RingEntry {
+                position: bucket as Position,
+                member,
+            });
+        position_entries.chain(bucket_entries)
     }
 }
 
-/// Builds a 16-bit ring: 100 keys per member, sorted with `compare` by glibc's merge sort, ties collapsed to their
-/// first entry.
+/// Builds a 16-bit ring: 100 keys per member, sorted with `compare` by glibc's merge sort, each tie's entries given
+/// to its first entry's member.
 fn positions_ring(
     members: &[Member],
     key: fn(&Member, usize) -> Vec<u8>,
@@ -170,9 +225,13 @@ fn positions_ring(
             .cmp(&right.position)
             .then_with(|| compare(&members[left.member], &members[right.member]))
     });
-    // carbon-c-relay overwrites the server of every entry that repeats its predecessor's position; keeping only the
-    // first of each run walks the same members in the same order.
-    entries.dedup_by_key(|entry| entry.position);
+    // carbon-c-relay overwrites the server of every entry that repeats its predecessor's position. The walk skips
+    // members already chosen, so it meets the same members in the same order as if the run were one entry.
+    for entry_index in 1..entries.len() {
+        if entries[entry_index].position == entries[entry_index - 1].position {
+            entries[entry_index].member = entries[entry_index - 1].member;
+        }
+    }
     let mut seen = vec![false; members.len()];
     for entry in &entries {
         seen[entry.member] = true;
@@ -197,12 +256,6 @@ fn fnv1a_key(member: &Member, replica: usize) -> Vec<u8> {
         None => format!("{replica}-{}:{}", member.host, member.port),
     };
     key.into_bytes()
-}
-
-/// The first two bytes of the MD5 of `key`, big-endian.
-fn carbon_position(key: &[u8]) -> u16 {
-    let digest = Md5::digest(key);
-    u16::from_be_bytes([digest[0], digest[1]])
 }
 
 /// The 32-bit FNV-1a of `key` folded to 16 bits.
@@ -296,14 +349,14 @@ fn strtol_whole(text: &str) -> Option<i64> {
     Some(value.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64)
 }
 
-/// `jump_fnv1a_ch`: jump over `buckets`, then swap-remove the chosen bucket and jump again with a stirred hash.
+/// `jump_fnv1a_ch`: jump over `buckets` with `hash`, the path's 64-bit FNV-1a, then swap-remove the chosen bucket and
+/// jump again with a stirred hash.
 ///
 /// The bucket numbers depend only on the hash and the bucket count, so they are computed first, into `out`; then each
 /// is turned into the member that swap-removal had left at it, last first, without a copy of `buckets`.
-fn jump_members(buckets: &[usize], path: &[u8], replication: usize, out: &mut Vec<usize>) {
+fn jump_members(buckets: &[usize], mut hash: u64, replication: usize, out: &mut Vec<usize>) {
     let n_buckets = buckets.len();
     let n_wanted = replication.min(n_buckets);
-    let mut hash = fnv1a_64(path);
     for step in 0..n_wanted {
         out.push(jump_bucket(hash, n_buckets - step));
         // xorshift64*, to draw another bucket from the same path.
@@ -529,6 +582,8 @@ mod tests {
         method: CcrMethod,
         replication: usize,
         members: Vec<Member>,
+        /// The ring as `carbon-c-relay -t -d` lists it: the number it prints, and the member index.
+        ring: Vec<(u64, usize)>,
         expected: Vec<Vec<usize>>,
     }
 
@@ -546,10 +601,21 @@ mod tests {
                     replication = count.parse().expect("replication is a number")
                 }
                 Some(("member", text)) => members.push(member(text)),
-                None if line == "paths" => break,
+                None if line == "ring" => break,
                 _ => panic!("unexpected fixture line {line:?}"),
             }
         }
+        let ring = lines
+            .by_ref()
+            .take_while(|&line| line != "paths")
+            .map(|line| {
+                let (number, member) = line.split_once(' ').expect("ring line has two fields");
+                (
+                    number.parse().expect("ring position"),
+                    member.parse().expect("ring member index"),
+                )
+            })
+            .collect();
         let expected = lines
             .map(|line| {
                 line.split(' ')
@@ -561,17 +627,24 @@ mod tests {
             method: method.expect("fixture names its method"),
             replication,
             members,
+            ring,
             expected,
         }
     }
 
-    #[test]
-    fn every_fixture_path_goes_where_carbon_c_relay_sends_it() {
-        let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ccr");
-        let paths_text =
-            std::fs::read_to_string(directory.join("paths.txt")).expect("read paths.txt");
-        let paths: Vec<&str> = paths_text.lines().collect();
-        let mut fixture_names: Vec<_> = std::fs::read_dir(&directory)
+    fn fixture_directory() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/ccr")
+    }
+
+    /// The text of `tests/data/ccr/NAME`.
+    fn fixture_text(name: &str) -> String {
+        std::fs::read_to_string(fixture_directory().join(name))
+            .unwrap_or_else(|error| panic!("read {name}: {error}"))
+    }
+
+    /// The names of the 27 ring fixtures, `METHOD-CLUSTER.txt`, sorted.
+    fn fixture_names() -> Vec<String> {
+        let mut fixture_names: Vec<_> = std::fs::read_dir(fixture_directory())
             .expect("read tests/data/ccr")
             .map(|entry| {
                 entry
@@ -580,14 +653,22 @@ mod tests {
                     .into_string()
                     .expect("utf-8 file name")
             })
-            .filter(|name| name.ends_with(".txt") && name != "paths.txt")
+            .filter(|name| {
+                name.ends_with(".txt") && name != "paths.txt" && !name.starts_with("positions-")
+            })
             .collect();
         fixture_names.sort();
         assert_eq!(fixture_names.len(), 27, "{fixture_names:?}");
+        fixture_names
+    }
+
+    #[test]
+    fn every_fixture_path_goes_where_carbon_c_relay_sends_it() {
+        let paths_text = fixture_text("paths.txt");
+        let paths: Vec<&str> = paths_text.lines().collect();
         let mut out = Vec::new();
-        for name in &fixture_names {
-            let fixture =
-                read_fixture(&std::fs::read_to_string(directory.join(name)).expect("read fixture"));
+        for name in &fixture_names() {
+            let fixture = read_fixture(&fixture_text(name));
             assert_eq!(fixture.expected.len(), paths.len(), "{name}");
             let ring = CcrRing::new(fixture.method, &fixture.members);
             for (path, expected) in paths.iter().zip(&fixture.expected) {
@@ -603,5 +684,65 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn entries_list_the_ring_as_carbon_c_relay_dumps_it() {
+        for name in &fixture_names() {
+            let fixture = read_fixture(&fixture_text(name));
+            let ring = CcrRing::new(fixture.method, &fixture.members);
+            let entries: Vec<(u64, usize)> = ring
+                .entries()
+                .map(|entry| (entry.position, entry.member))
+                .collect();
+            let expected: Vec<(u64, usize)> = match fixture.method {
+                CcrMethod::JumpFnv1aCh => fixture
+                    .ring
+                    .iter()
+                    .enumerate()
+                    .map(|(bucket, &(config_index, member))| {
+                        // carbon-c-relay prints the member's config index where we give the bucket number.
+                        assert_eq!(config_index, member as u64, "{name}");
+                        (bucket as u64, member)
+                    })
+                    .collect(),
+                _ => fixture.ring.clone(),
+            };
+            assert_eq!(entries, expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn path_positions_are_carbon_c_relays_hash_pos_whatever_the_members() {
+        let paths_text = fixture_text("paths.txt");
+        let three: Vec<Member> = THREE.split(' ').map(member).collect();
+        let one = [member("10.1.1.1:2003")];
+        for (method, name) in [
+            (CcrMethod::CarbonCh, "positions-carbon_ch.txt"),
+            (CcrMethod::Fnv1aCh, "positions-fnv1a_ch.txt"),
+        ] {
+            let hash_positions_text = fixture_text(name);
+            let hash_positions: Vec<&str> = hash_positions_text.lines().collect();
+            assert_eq!(hash_positions.len(), paths_text.lines().count(), "{name}");
+            let rings = [CcrRing::new(method, &three), CcrRing::new(method, &one)];
+            for (path, hash_position) in paths_text.lines().zip(&hash_positions) {
+                let expected: Position = hash_position.parse().expect("a position");
+                for ring in &rings {
+                    assert_eq!(
+                        ring.path_position(path.as_bytes()),
+                        expected,
+                        "{name} {path}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn jump_positions_are_the_whole_64_bit_hash() {
+        let members: Vec<Member> = THREE.split(' ').map(member).collect();
+        let ring = CcrRing::new(CcrMethod::JumpFnv1aCh, &members);
+        assert_eq!(ring.path_position(b"a"), 0xaf63dc4c8601ec8c);
+        assert!(!ring.position_is_expensive());
     }
 }

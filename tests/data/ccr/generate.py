@@ -2,8 +2,10 @@
 """Regenerates the carbon-c-relay ring fixtures in this directory (see tests/data/README.md).
 
 Writes paths.txt (the paths, one per line) and, per cluster, <method>-<name>.txt: the cluster's members in config
-order, its replication, then one line per path of paths.txt with the indices of the members carbon-c-relay sends
-that path to, primary first. The expected members come from the real program: `carbon-c-relay -t -f CONFIG < paths.txt`.
+order, its replication, its ring as carbon-c-relay lists it, then one line per path of paths.txt with the indices of
+the members carbon-c-relay sends that path to, primary first. Also positions-carbon_ch.txt and positions-fnv1a_ch.txt:
+each path's ring position (hash_pos), one per line of paths.txt, the same for every cluster (the generator checks it).
+Everything comes from the real program: `carbon-c-relay -t -d -f CONFIG < paths.txt`.
 
 Run from anywhere: python3 tests/data/ccr/generate.py [path to carbon-c-relay, default /usr/bin/carbon-c-relay]
 """
@@ -17,6 +19,10 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 N_PATHS = 2048
 METHODS = ["carbon_ch", "fnv1a_ch", "jump_fnv1a_ch"]
+# The methods whose hash_pos is a ring position that depends on the path alone; jump's is the primary bucket.
+POSITION_METHODS = ["carbon_ch", "fnv1a_ch"]
+# ch_printhashring formats each member into a char[21].
+DUMP_MEMBER_BYTES = 20
 
 
 def generate_paths(rng):
@@ -94,6 +100,8 @@ def member_text(member):
 
 
 def run_relay(relay, method, replication, members, paths_file):
+    """Runs carbon-c-relay -t -d on a one-cluster config; returns its ring dump as (position, member text cut to
+    DUMP_MEMBER_BYTES) pairs, and per path (path, hash_pos, [member host:port, ...])."""
     with tempfile.NamedTemporaryFile("w", suffix=".conf", delete=False) as config:
         config.write("cluster c %s replication %d\n" % (method, replication))
         for member in members:
@@ -102,22 +110,31 @@ def run_relay(relay, method, replication, members, paths_file):
         config_path = config.name
     try:
         with open(paths_file, "rb") as stdin:
-            output = subprocess.run([relay, "-t", "-f", config_path], stdin=stdin, stdout=subprocess.PIPE,
+            output = subprocess.run([relay, "-t", "-d", "-f", config_path], stdin=stdin, stdout=subprocess.PIPE,
                                     stderr=subprocess.DEVNULL, check=True, timeout=120).stdout
     finally:
         os.unlink(config_path)
     lines = output.decode("utf-8").split("\n")
+    dump_start = lines.index("# hash ring for c follows") + 1
+    dump_end = lines.index("", dump_start)
+    ring = []
+    for line in lines[dump_start:dump_end]:
+        for entry in line.split():
+            position, member = entry.split("@", 1)
+            ring.append((int(position), member))
     routed = []
     for i, line in enumerate(lines):
         if line.startswith("    * -> "):
             assert lines[i + 1] == "    %s(c)" % method, lines[i + 1]
+            hash_pos = lines[i + 2].strip()
+            assert hash_pos.startswith("hash_pos(") and hash_pos.endswith(")"), hash_pos
             addresses = []
-            j = i + 2
+            j = i + 3
             while lines[j].startswith("        "):
                 addresses.append(lines[j].strip())
                 j += 1
-            routed.append((line[len("    * -> "):], addresses))
-    return routed
+            routed.append((line[len("    * -> "):], int(hash_pos[len("hash_pos("):-1]), addresses))
+    return ring, routed
 
 
 def main():
@@ -128,22 +145,36 @@ def main():
     with open(paths_file, "w", encoding="utf-8") as out:
         out.write("".join(p + "\n" for p in paths))
     version = subprocess.run([relay, "-v"], stdout=subprocess.PIPE, check=True).stdout.decode().split("\n")[0]
+    positions = {}
     for name, replication, members in clusters(rng):
         index = {"%s:%d" % (h, p): i for i, (h, p, _) in enumerate(members)}
         assert len(index) == len(members), name
+        dump_index = {member_text(m).encode()[:DUMP_MEMBER_BYTES].decode(): i for i, m in enumerate(members)}
+        assert len(dump_index) == len(members), name
         for method in METHODS:
-            routed = run_relay(relay, method, replication, members, paths_file)
-            assert [p for p, _ in routed] == paths, "%s %s: carbon-c-relay changed or dropped paths" % (method, name)
+            ring, routed = run_relay(relay, method, replication, members, paths_file)
+            assert [p for p, _, _ in routed] == paths, "%s %s: carbon-c-relay changed or dropped paths" % (method, name)
+            if method in POSITION_METHODS:
+                hash_positions = [hash_pos for _, hash_pos, _ in routed]
+                assert positions.setdefault(method, hash_positions) == hash_positions, \
+                    "%s %s: a path's position depends on the cluster" % (method, name)
             with open(os.path.join(HERE, "%s-%s.txt" % (method, name)), "w", encoding="utf-8") as out:
-                out.write("# %s -t, written by generate.py: members in config order, then the member indices\n"
-                          "# of each path of paths.txt, primary first.\n" % version)
+                out.write("# %s -t -d, written by generate.py: members in config order, the ring as -d lists it\n"
+                          "# (position, member index), then the member indices of each path of paths.txt, primary\n"
+                          "# first.\n" % version)
                 out.write("method %s\nreplication %d\n" % (method, replication))
                 for member in members:
                     out.write("member %s\n" % member_text(member))
+                out.write("ring\n")
+                for position, member in ring:
+                    out.write("%d %d\n" % (position, dump_index[member]))
                 out.write("paths\n")
-                for _, addresses in routed:
+                for _, _, addresses in routed:
                     assert len(addresses) == replication, (method, name, addresses)
                     out.write(" ".join(str(index[a]) for a in addresses) + "\n")
+    for method in POSITION_METHODS:
+        with open(os.path.join(HERE, "positions-%s.txt" % method), "w", encoding="utf-8") as out:
+            out.write("".join("%d\n" % position for position in positions[method]))
 
 
 if __name__ == "__main__":
