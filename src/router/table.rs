@@ -11,8 +11,9 @@
 //! named by several targets gets the line once.
 
 use regex::bytes::{CaptureLocations, Regex};
+use tracing::warn;
 
-use super::hash::carbon::CarbonRing;
+use super::hash::carbon::{CarbonMethod, CarbonRing};
 use super::hash::ccr::{CcrMethod, CcrRing};
 use super::hash::Member;
 use crate::config::{
@@ -391,14 +392,30 @@ impl Cluster {
             .collect();
         let ring = match (config.method, config.flavour()) {
             (ClusterMethod::CarbonCh, Flavour::Carbon) => Some(Ring::Carbon(CarbonRing::new(
+                CarbonMethod::CarbonCh,
                 &members,
                 config.diverse_replicas(),
             ))),
+            (ClusterMethod::Fnv1aCh, Flavour::Carbon) => {
+                let mut instances: Vec<Option<&str>> = members
+                    .iter()
+                    .map(|member| member.instance.as_deref())
+                    .collect();
+                instances.sort_unstable();
+                instances.dedup();
+                if instances.len() < members.len() || instances.contains(&None) {
+                    warn!(cluster = %config.name, "carbon's fnv1a_ch ring keys members by instance alone: without a distinct instance per member (host:port=instance) nearly every path goes to one member, as in carbon");
+                }
+                Some(Ring::Carbon(CarbonRing::new(
+                    CarbonMethod::Fnv1aCh,
+                    &members,
+                    config.diverse_replicas(),
+                )))
+            }
             (ClusterMethod::CarbonCh, Flavour::CarbonCRelay) => {
                 Some(Ring::Ccr(CcrRing::new(CcrMethod::CarbonCh, &members)))
             }
-            // carbon's fnv1a_ch flavour lands with its fixtures; until then only carbon-c-relay's.
-            (ClusterMethod::Fnv1aCh, _) => {
+            (ClusterMethod::Fnv1aCh, Flavour::CarbonCRelay) => {
                 Some(Ring::Ccr(CcrRing::new(CcrMethod::Fnv1aCh, &members)))
             }
             (ClusterMethod::JumpFnv1aCh, _) => {

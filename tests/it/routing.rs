@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use polymur::config::{ClusterConfig, ClusterMethod, RewriteConfig, RouteConfig};
-use polymur::router::hash::carbon::CarbonRing;
+use polymur::router::hash::carbon::{CarbonMethod, CarbonRing};
 use polymur::router::hash::Member;
 
 use crate::support::process::{config_file, RelayProcess};
@@ -72,7 +72,7 @@ async fn a_carbon_ch_cluster_sends_each_line_to_the_member_carbons_ring_names() 
             instance: Some(format!("m{index}")),
         })
         .collect();
-    let ring = CarbonRing::new(&ring_members, true);
+    let ring = CarbonRing::new(CarbonMethod::CarbonCh, &ring_members, true);
     let mut expected: Vec<Vec<String>> = vec![Vec::new(); sinks.len()];
     let mut chosen = Vec::new();
     for line in &sent {

@@ -146,7 +146,7 @@ members = ["10.0.0.10:2004", "10.0.0.8:2004", "10.0.0.9:2004=x", "10.0.0.9:2005=
         }
     })
     .collect();
-    let ring = CarbonRing::new(&members, true);
+    let ring = CarbonRing::new(CarbonMethod::CarbonCh, &members, true);
     let mut scratch = Scratch::default();
     let mut decision = Decision::default();
     let mut expected = Vec::new();
@@ -395,4 +395,58 @@ fn programmatic_clusters_and_routes_build_the_same_table() {
     let table = RoutingTable::new(&config).unwrap();
     assert!(table.sends_everything_everywhere());
     assert_eq!(table.n_destinations(), 2);
+}
+
+#[test]
+fn each_method_and_flavour_builds_the_ring_it_names() {
+    let members_text = ["10.0.0.1:2004=a", "10.0.0.2:2004=b", "10.0.0.3:2004=c"];
+    let members: Vec<Member> = members_text
+        .iter()
+        .map(|text| {
+            let identity = Identity::parse(text).unwrap();
+            Member {
+                host: identity.host().to_string(),
+                port: identity.port(),
+                instance: identity.instance().map(str::to_string),
+            }
+        })
+        .collect();
+    type MembersFor = Box<dyn Fn(&[u8], &mut Vec<usize>)>;
+    let cases: [(&str, &str, MembersFor); 5] = [
+        ("carbon_ch", "carbon", {
+            let ring = CarbonRing::new(CarbonMethod::CarbonCh, &members, true);
+            Box::new(move |path, out| ring.members_for(path, 1, out))
+        }),
+        ("fnv1a_ch", "carbon", {
+            let ring = CarbonRing::new(CarbonMethod::Fnv1aCh, &members, true);
+            Box::new(move |path, out| ring.members_for(path, 1, out))
+        }),
+        ("carbon_ch", "carbon-c-relay", {
+            let ring = CcrRing::new(CcrMethod::CarbonCh, &members);
+            Box::new(move |path, out| ring.members_for(path, 1, out))
+        }),
+        ("fnv1a_ch", "carbon-c-relay", {
+            let ring = CcrRing::new(CcrMethod::Fnv1aCh, &members);
+            Box::new(move |path, out| ring.members_for(path, 1, out))
+        }),
+        ("jump_fnv1a_ch", "carbon-c-relay", {
+            let ring = CcrRing::new(CcrMethod::JumpFnv1aCh, &members);
+            Box::new(move |path, out| ring.members_for(path, 1, out))
+        }),
+    ];
+    for (method, flavour, expected_members) in cases {
+        let text = format!(
+            "[[cluster]]\nname = \"c\"\nmethod = \"{method}\"\nflavour = \"{flavour}\"\nmembers = [{}]\n",
+            members_text.map(|member| format!("\"{member}\"")).join(", ")
+        );
+        let table = table(&text);
+        let (mut scratch, mut decision, mut expected) =
+            (Scratch::default(), Decision::default(), Vec::new());
+        for index in 0..500 {
+            let path = format!("servers.host{index}.load");
+            expected_members(path.as_bytes(), &mut expected);
+            table.route(path.as_bytes(), &AllUp, &mut scratch, &mut decision);
+            assert_eq!(decision.destinations, expected, "{method} {flavour} {path}");
+        }
+    }
 }
