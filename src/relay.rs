@@ -106,7 +106,7 @@ fn open_spool(
     }))
 }
 
-/// What [`start_destinations`] shares between destinations.
+/// What [`Spawner::start_destinations`] shares between destinations.
 #[derive(Debug)]
 struct Spawner {
     room: Arc<Notify>,

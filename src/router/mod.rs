@@ -4,7 +4,7 @@
 //! config's clusters, routes and rewrites). When every line goes to every destination unchanged (forward clusters,
 //! no rewrites: the default), a batch is pushed to every queue as one shared buffer, and fan-out costs a refcount per
 //! destination, not a copy. Otherwise the router decides per line and builds one batch per destination, each
-//! allocated once at its exact size ([`Routed`]).
+//! allocated once at its exact size (`routed.rs`).
 //!
 //! It also paces senders ([`pacing`]), so that healthy destinations lose nothing to a sender faster than they are:
 //! after handing over a batch, a connection waits while a healthy destination is more than its watermark (1 MiB)
