@@ -7,17 +7,19 @@
 //!
 //! The seed's flags are a shorthand for config keys: [`Cli::into_config`] loads the file named by `-c` (or the
 //! defaults), applies the flags on top (a flag beats the file), and validates the result, so the rest of the code
-//! sees one [`Config`]. Process flags (`-c`, `-t`) are not config and are returned as a [`Mode`].
+//! sees one [`Config`]. Process flags (`-c`, `-t`, and the config inspections `-test-routes`, `-ring-dump`,
+//! `-ring-diff` of [`inspect`](crate::inspect)) are not config and are returned as a [`Mode`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::builder::{OsStringValueParser, PossibleValuesParser, TypedValueParser as _};
-use clap::{CommandFactory, Parser};
+use clap::{ArgGroup, CommandFactory, Parser};
 use serde::de::{DeserializeOwned, IntoDeserializer};
 
 use crate::config::{self, Config, LogFormat, OverflowPolicy, SpoolMode};
+use crate::inspect::Tool;
 
 /// The parsed command line. Every config flag is an `Option`: `None` leaves the file's (or the default) value.
 #[derive(Debug, Clone, PartialEq, Parser)]
@@ -28,7 +30,8 @@ use crate::config::{self, Config, LogFormat, OverflowPolicy, SpoolMode};
     after_help = "Long flags also take one dash and Go's forms, as the original polymur: \
                   -listen-port=2003, -listen-port 2003, -console-out, -console-out=false.\n\
                   Flags override the config file; config/polymur.toml documents every key.",
-    args_override_self = true
+    args_override_self = true,
+    group(ArgGroup::new("mode").args(["check", "test_routes", "ring_dump", "ring_diff"]))
 )]
 pub struct Cli {
     /// TOML config file; flags override its values.
@@ -38,6 +41,26 @@ pub struct Cli {
     /// Check the configuration (file and flags), print the result and exit.
     #[arg(short = 't')]
     pub check: bool,
+
+    /// Read lines on stdin and print, per line, its path as sent and where it goes, then exit.
+    #[arg(
+        long,
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = parse_go_bool
+    )]
+    pub test_routes: Option<bool>,
+
+    /// Print the ring of hash cluster NAME, one line per entry (position, tab, member), then exit.
+    #[arg(long, value_name = "NAME")]
+    pub ring_dump: Option<String>,
+
+    /// Read paths on stdin and print, per hash cluster, how many change primary member in OTHER_FILE's config,
+    /// then exit.
+    #[arg(long, value_name = "OTHER_FILE", value_parser = OsStringValueParser::new().map(PathBuf::from))]
+    pub ring_diff: Option<PathBuf>,
 
     /// Print every relayed line to stdout [config: log.console_out].
     #[arg(
@@ -122,12 +145,14 @@ pub struct Cli {
 }
 
 /// What the process does with its configuration.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
     /// Start the relay.
     Run,
     /// Only check the configuration (`-t`) and exit.
     Check,
+    /// Answer a question about the configuration (`-test-routes`, `-ring-dump`, `-ring-diff`) and exit.
+    Inspect(Tool),
 }
 
 /// Rewrites Go-style single-dash long flags, then parses the command line (the first item is the program name).
@@ -157,18 +182,47 @@ where
 impl Cli {
     /// Builds the configuration: the file named by `-c` (or the defaults), then the flags, then validation.
     ///
+    /// `-ring-diff OTHER_FILE` loads and validates the other file here too, with the same flags, so that a bad
+    /// config is reported alike for both.
+    ///
     /// # Errors
     ///
-    /// The [`config::Error`] of loading the file or of [`Config::validate`].
+    /// The [`config::Error`] of loading a file or of [`Config::validate`].
     pub fn into_config(self) -> Result<(Config, Mode), config::Error> {
-        let mut config = match &self.config_path {
+        let config = self.load(self.config_path.as_deref())?;
+        let mode = if self.check {
+            Mode::Check
+        } else if self.test_routes == Some(true) {
+            Mode::Inspect(Tool::TestRoutes)
+        } else if let Some(cluster) = &self.ring_dump {
+            Mode::Inspect(Tool::RingDump {
+                cluster: cluster.clone(),
+            })
+        } else if let Some(other_path) = &self.ring_diff {
+            let config_name = self.config_path.as_deref().map_or_else(
+                || "the config without -c".to_string(),
+                |path| path.display().to_string(),
+            );
+            Mode::Inspect(Tool::RingDiff {
+                config_name,
+                other_name: other_path.display().to_string(),
+                other: Box::new(self.load(Some(other_path))?),
+            })
+        } else {
+            Mode::Run
+        };
+        Ok((config, mode))
+    }
+
+    /// Loads the file at `path` (or the defaults), applies the flags and validates.
+    fn load(&self, path: Option<&std::path::Path>) -> Result<Config, config::Error> {
+        let mut config = match path {
             Some(path) => Config::load(path)?,
             None => Config::default(),
         };
         self.apply_overrides(&mut config);
         config.validate()?;
-        let mode = if self.check { Mode::Check } else { Mode::Run };
-        Ok((config, mode))
+        Ok(config)
     }
 
     /// Writes every flag that was given into `config`.
@@ -545,6 +599,59 @@ mod tests {
         assert_eq!(config.listen.port, 2003);
         let (_, mode) = config_of(&["-t", &format!("-c{path}")]).unwrap();
         assert_eq!(mode, Mode::Check);
+    }
+
+    #[test]
+    fn inspection_flags_give_their_mode() {
+        let mode_of = |args: &[&str]| config_of(args).map(|(_, mode)| mode);
+        assert_eq!(
+            mode_of(&["-test-routes"]),
+            Ok(Mode::Inspect(Tool::TestRoutes))
+        );
+        assert_eq!(
+            mode_of(&["--test-routes=true"]),
+            Ok(Mode::Inspect(Tool::TestRoutes))
+        );
+        assert_eq!(mode_of(&["-test-routes=false"]), Ok(Mode::Run));
+        assert_eq!(
+            mode_of(&["-ring-dump", "cache"]),
+            Ok(Mode::Inspect(Tool::RingDump {
+                cluster: "cache".to_string()
+            }))
+        );
+        check_usage_error(&["-t", "-test-routes"], "cannot be used with");
+        check_usage_error(&["-ring-dump=a", "-ring-diff=b"], "cannot be used with");
+        check_usage_error(&["-ring-dump"], "ring-dump");
+    }
+
+    #[test]
+    fn ring_diff_loads_the_other_file_with_the_same_flags() {
+        let file = config_file("[listen]\nport = 2003\n");
+        let other = config_file("destinations = [\"a:1\"]\n");
+        let (path, other_path) = (
+            file.path().to_str().unwrap(),
+            other.path().to_str().unwrap(),
+        );
+        let (config, mode) =
+            config_of(&["-c", path, "-ring-diff", other_path, "-listen-port=2004"]).unwrap();
+        assert_eq!(config.listen.port, 2004);
+        let Mode::Inspect(Tool::RingDiff {
+            config_name,
+            other_name,
+            other: other_config,
+        }) = mode
+        else {
+            panic!("not -ring-diff: {mode:?}");
+        };
+        assert_eq!(
+            (config_name.as_str(), other_name.as_str()),
+            (path, other_path)
+        );
+        assert_eq!(other_config.destinations, vec!["a:1".to_string()]);
+        assert_eq!(other_config.listen.port, 2004, "flags apply to both files");
+        let bad = config_file("[listen]\nprot = 2003\n");
+        let err = config_of(&["-c", path, "-ring-diff", bad.path().to_str().unwrap()]).unwrap_err();
+        assert!(err.contains("prot"), "{err}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! ([`line`](mod@line)), collected into immutable batches ([`batch`]), handed by the [`router`] to one bounded queue per
 //! destination ([`destination`]), and written out by one reconnecting writer per destination. [`stats`] holds the
 //! counters every stage increments; [`http`] serves them. [`net`] binds and accepts for both edges. [`relay`] wires
-//! the stages together and owns the shutdown order. See `ARCHITECTURE.md` for the pipeline and its invariants.
+//! the stages together and owns the shutdown order. [`inspect`] answers what the relay would do with a config
+//! (`-test-routes`, `-ring-dump`, `-ring-diff`) without starting it. See `ARCHITECTURE.md` for the pipeline and its invariants.
 
 pub mod batch;
 pub mod cli;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod destination;
 pub mod http;
 pub mod input;
+pub mod inspect;
 pub mod line;
 pub mod net;
 pub mod relay;

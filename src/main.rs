@@ -1,8 +1,9 @@
-//! The `polymur` binary: parse the command line, build the config, start the relay, wait for a signal, drain.
+//! The `polymur` binary: parse the command line, build the config, start the relay, wait for a signal, drain; or,
+//! for `-t` and the config inspections (`-test-routes`, `-ring-dump`, `-ring-diff`), answer and exit.
 //!
 //! Exit codes: 0 after a requested shutdown (lines lost during it are logged and counted by the relay, not hidden
-//! here), 1 on a runtime failure such as a listener that cannot bind, 64 on a usage error, 78 on a bad config
-//! (also for `-t`).
+//! here), 1 on a runtime failure such as a listener that cannot bind, 64 on a usage error (also a `-ring-dump` of a
+//! cluster the config lacks), 78 on a bad config (also for `-t` and the inspections).
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use polymur::cli::{self, Mode};
 use polymur::config::{Config, LogFormat};
+use polymur::inspect::{self, Tool};
 use polymur::relay::Relay;
 use polymur::shutdown::{ShutdownSignals, Signal};
 use tracing::{debug, error, info, warn};
@@ -40,9 +42,13 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if mode == Mode::Check {
-        println!("polymur: configuration ok");
-        return ExitCode::SUCCESS;
+    match mode {
+        Mode::Run => {}
+        Mode::Check => {
+            println!("polymur: configuration ok");
+            return ExitCode::SUCCESS;
+        }
+        Mode::Inspect(tool) => return run_inspection(&tool, &config),
     }
 
     init_logging(&config);
@@ -99,6 +105,24 @@ async fn run(config: Config, cli: cli::Cli) -> anyhow::Result<()> {
     let report = relay.shutdown().await;
     info!(lines_lost = report.lines_lost, "stopped");
     Ok(())
+}
+
+/// Runs a config inspection on stdin and stdout. A closed stdout (`| head`) ends it quietly with success.
+fn run_inspection(tool: &Tool, config: &Config) -> ExitCode {
+    match inspect::run_on_stdio(tool, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(inspect::Error::Io(err)) if err.kind() == std::io::ErrorKind::BrokenPipe => {
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("polymur: {err}");
+            match err {
+                inspect::Error::Usage(_) => ExitCode::from(EXIT_USAGE),
+                inspect::Error::Config(_) => ExitCode::from(EXIT_CONFIG),
+                inspect::Error::Io(_) => ExitCode::FAILURE,
+            }
+        }
+    }
 }
 
 /// Logs to stderr as text with timestamps or as JSON; `RUST_LOG`, when set, replaces `log.level`.

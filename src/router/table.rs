@@ -84,8 +84,10 @@ pub struct Cluster {
 
 /// A hash cluster's ring.
 #[derive(Debug)]
-enum Ring {
+pub enum Ring {
+    /// carbon's ring (`flavour = "carbon"`).
     Carbon(CarbonRing),
+    /// carbon-c-relay's rings (`flavour = "carbon-c-relay"`, and `jump_fnv1a_ch`).
     Ccr(CcrRing),
 }
 
@@ -366,6 +368,13 @@ impl RoutingTable {
                 .iter()
                 .map(|&member| cluster.destinations[member]),
         );
+    }
+}
+
+impl Cluster {
+    /// The ring of a hash cluster, for `-ring-dump`; `None` for `forward`, `any_of` and `failover`.
+    pub fn ring(&self) -> Option<&Ring> {
+        self.ring.as_ref()
     }
 }
 

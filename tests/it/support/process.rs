@@ -30,6 +30,30 @@ pub fn run_to_exit(args: &[&str]) -> Output {
         .expect("run the polymur binary")
 }
 
+/// Runs the binary with `args` and `stdin` as its standard input until it exits (`RUST_LOG` unset), and returns
+/// what it did. The input is written from a thread of its own, so a child that answers as it reads never blocks.
+pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_polymur"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the polymur binary");
+    let mut child_stdin = child.stdin.take().expect("stdin");
+    let input = stdin.to_vec();
+    // A child that exits early (a bad config) closes its stdin: that broken pipe is its answer, not ours.
+    let writer = std::thread::spawn(move || {
+        let _ = child_stdin.write_all(&input);
+    });
+    let output = child
+        .wait_with_output()
+        .expect("wait for the polymur binary");
+    writer.join().expect("stdin writer");
+    output
+}
+
 /// A config file for the binary's `-c`, holding `text`; it is deleted when dropped.
 pub fn config_file(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::NamedTempFile::new().expect("create temp file");
