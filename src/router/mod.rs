@@ -16,6 +16,7 @@
 pub mod console_out;
 pub mod hash;
 pub mod pacing;
+pub mod path_cache;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
