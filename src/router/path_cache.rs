@@ -7,13 +7,15 @@
 //! # Layout
 //!
 //! - **Sets.** A power-of-two table of sets of [`WAYS`] slots; a set is one 64-byte cache line. A slot holds a key
-//!   (an occupied bit, 23 bits of the path's hash and the path's length), the cached value, and where the path's
-//!   bytes are in the arena. The low bits of the hash pick the set, the high bits make the key's tag.
+//!   (24 bits of the path's hash as a tag, and the path's length), the cached value, and where the path's bytes are
+//!   in the arena. A path may sit in either of two sets picked by two slices of its hash (two-choice hashing), and
+//!   the high bits make its tag. Most paths sit in their first set, so most hits read one line of the table.
 //! - **Arena.** A circular byte buffer the paths are appended to. Positions in it are *virtual*: lap `n` of the
 //!   arena covers positions `n << 32` up to `(n << 32) + arena_bytes`, and a path that does not fit before the end
 //!   starts the next lap at index 0, so a path's bytes are always contiguous. Bytes of the previous lap at or after
 //!   the head's index have not been overwritten yet; older ones have. So a slot is *live* exactly when its position
-//!   is at least `head - 2^32` (`oldest_live_position`), a comparison instead of a division.
+//!   is at least `head - 2^32` (`oldest_live_position`), a comparison instead of a division. The head starts at
+//!   lap 2, so an empty slot (position 0) is dead too.
 //!
 //! # Invariants
 //!
@@ -23,9 +25,11 @@
 //!   needs.
 //! - **Bounded.** Memory is fixed at construction ([`PathCache::memory_bytes`]); a lookup or insert allocates nothing.
 //!   Paths longer than [`MAX_PATH_BYTES`] (or than the arena) are not cached: `compute` runs every time.
-//! - **Replacement.** A miss replaces the slot of its set with the lowest arena position: an empty or dead slot if
-//!   there is one (theirs are lower than any live one), otherwise the oldest insert (FIFO). A hit writes nothing, so
-//!   a hit touches one set's line and the path's bytes.
+//! - **Replacement.** A miss takes the oldest (lowest position) slot of the path's first set if that slot is empty
+//!   or dead, else the second set's if that one is, else the oldest of the two sets (FIFO). With one set only, a set
+//!   holding five paths that arrive in turn, as every collection interval sends them, would miss on all five;
+//!   with two choices a set overflows only when both are full. A hit writes nothing, so it reads one or two lines
+//!   of the table and the path's bytes.
 //! - Single owner: every method takes `&mut self`; keep one per thread (a `thread_local!`), no locks.
 
 // rapidhash (v3) for the set index and tag: a plain function of a byte slice, so no `Hasher` state or length prefix;
@@ -45,11 +49,11 @@ pub const MAX_PATH_BYTES: usize = 255;
 /// The virtual length of one lap of the arena (see the module doc): positions of lap `n` start at `n << 32`.
 const LAP: u64 = 1 << 32;
 
+/// The lap the head starts in: lap 2, so that every position of lap 0, among them an empty slot's 0, is dead.
+const FIRST_LAP: u64 = 2;
+
 /// The largest arena: an index into it must fit in the 32 bits of a lap.
 const MAX_ARENA_BYTES: usize = u32::MAX as usize;
-
-/// Set in the key of every occupied slot, so an empty slot (key 0) matches no path.
-const OCCUPIED: u32 = 1 << 31;
 
 /// A bounded cache from path bytes to a `u32`, exact (bytes are compared) and allocation-free after construction.
 ///
@@ -66,8 +70,7 @@ pub struct PathCache {
     set_mask: u64,
     /// The circular buffer of path bytes.
     arena: Box<[u8]>,
-    /// The virtual position the next path is appended at (see the module doc). Starts at lap 1, so no live position
-    /// is ever 0, the position of an empty slot.
+    /// The virtual position the next path is appended at (see the module doc). Starts at [`FIRST_LAP`].
     head: u64,
     /// Paths longer than this bypass the cache: the smaller of [`MAX_PATH_BYTES`] and the arena.
     max_path_bytes: usize,
@@ -81,11 +84,11 @@ pub struct PathCache {
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(64))]
 struct Set {
-    /// Per slot: [`OCCUPIED`], then 23 bits of tag, then the path's length in the low 8 bits; 0 when empty.
+    /// Per slot: 24 bits of tag, then the path's length in the low 8 bits.
     keys: [u32; WAYS],
     /// Per slot: what `compute` returned for the path.
     values: [u32; WAYS],
-    /// Per slot: the virtual arena position of the path's first byte.
+    /// Per slot: the virtual arena position of the path's first byte; 0, which is dead, when empty.
     positions: [u64; WAYS],
 }
 
@@ -110,7 +113,7 @@ impl PathCache {
             sets: vec![Set::EMPTY; n_sets].into_boxed_slice(),
             set_mask: n_sets as u64 - 1,
             arena: vec![0; arena_bytes].into_boxed_slice(),
-            head: LAP,
+            head: FIRST_LAP * LAP,
             max_path_bytes: MAX_PATH_BYTES.min(arena_bytes),
             n_hits: 0,
             n_misses: 0,
@@ -158,34 +161,57 @@ impl PathCache {
         compute: impl FnOnce(&[u8]) -> u32,
     ) -> u32 {
         debug_assert!(path.len() <= self.max_path_bytes);
-        // The set from the low bits, the tag from the high ones: disjoint for any table below 2^41 sets.
-        let set_index = (hash & self.set_mask) as usize;
-        let tag = (hash >> 41) as u32;
-        let key = OCCUPIED | tag << 8 | path.len() as u32;
+        // Two candidate sets and the tag from disjoint bits of the hash (bits 0.., 20.. and 40..63), independent for
+        // tables of up to 2^20 sets (4 Mi slots).
+        let first_set = (hash & self.set_mask) as usize;
+        let second_set = ((hash >> 20) & self.set_mask) as usize;
+        let tag = (hash >> 40) as u32;
+        let key = tag << 8 | path.len() as u32;
         let oldest_live = self.oldest_live_position();
 
-        let set = &self.sets[set_index];
-        for way in 0..WAYS {
-            if set.keys[way] == key && set.positions[way] >= oldest_live {
-                let start = set.positions[way] as u32 as usize;
-                if self.arena[start..start + path.len()] == *path {
-                    self.n_hits += 1;
-                    return set.values[way];
+        for set_index in [first_set, second_set] {
+            let set = &self.sets[set_index];
+            for way in 0..WAYS {
+                if set.keys[way] == key && set.positions[way] >= oldest_live {
+                    let start = set.positions[way] as u32 as usize;
+                    if self.arena[start..start + path.len()] == *path {
+                        self.n_hits += 1;
+                        return set.values[way];
+                    }
                 }
             }
         }
 
         self.n_misses += 1;
         let value = compute(path);
+        let (set_index, way) = self.victim(first_set, second_set);
         let position = self.append(path);
         let set = &mut self.sets[set_index];
-        let victim = (0..WAYS)
-            .min_by_key(|&way| set.positions[way])
-            .expect("a set has WAYS > 0 slots");
-        set.keys[victim] = key;
-        set.values[victim] = value;
-        set.positions[victim] = position;
+        set.keys[way] = key;
+        set.values[way] = value;
+        set.positions[way] = position;
         value
+    }
+
+    /// The slot a new path takes: the first set's oldest slot if it is empty or dead, else the second set's if that
+    /// one is, else the oldest of both sets (FIFO). Filling the first set first keeps most hits to one cache line.
+    fn victim(&self, first_set: usize, second_set: usize) -> (usize, usize) {
+        let oldest_live = self.oldest_live_position();
+        let oldest_way = |set_index: usize| {
+            let positions = &self.sets[set_index].positions;
+            let way = (0..WAYS)
+                .min_by_key(|&way| positions[way])
+                .expect("a set has WAYS > 0 slots");
+            (set_index, way, positions[way])
+        };
+        let first = oldest_way(first_set);
+        let second = oldest_way(second_set);
+        let (set_index, way, _) = if first.2 < oldest_live || first.2 <= second.2 {
+            first
+        } else {
+            second
+        };
+        (set_index, way)
     }
 
     /// The lowest virtual position whose bytes are still in the arena: every byte of the current lap, and those of
@@ -208,13 +234,13 @@ impl PathCache {
         position
     }
 
-    /// Moves the head to index 0 of the next lap. After 2^32 − 2 laps the virtual positions would overflow; then the
-    /// table is emptied and the laps count from 1 again (years of misses away even for a small arena).
+    /// Moves the head to index 0 of the next lap. After the lap 2^32 − 1 the virtual positions would overflow; then
+    /// the table is emptied and the laps count from [`FIRST_LAP`] again (years of misses away even for a small arena).
     fn start_next_lap(&mut self) {
         let lap = self.head >> 32;
         if lap == u64::from(u32::MAX) {
             self.sets.fill(Set::EMPTY);
-            self.head = LAP;
+            self.head = FIRST_LAP * LAP;
         } else {
             self.head = (lap + 1) << 32;
         }
@@ -276,6 +302,14 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_slot_answers_no_path() {
+        // The empty path with hash 0 has key 0 and would read 0 bytes at position 0: what an empty slot holds.
+        let mut cache = PathCache::new(16, 64);
+        assert_eq!(cache.get_or_insert_hashed(b"", 0, md5_u32), md5_u32(b""));
+        assert_eq!((cache.hits(), cache.misses()), (0, 1));
+    }
+
+    #[test]
     fn paths_longer_than_the_limit_bypass_the_cache() {
         let mut cache = PathCache::new(16, 4096);
         let longest = [b'a'; MAX_PATH_BYTES];
@@ -320,17 +354,31 @@ mod tests {
     }
 
     #[test]
-    fn a_full_set_replaces_its_oldest_slot() {
-        let mut cache = PathCache::new(WAYS, 4096);
-        let paths: Vec<Vec<u8>> = (0..=WAYS).map(|i| format!("p{i}").into_bytes()).collect();
-        for path in &paths {
-            check(&mut cache, &[(path, false)]);
-        }
-        // The first was replaced by the last; the others are still there.
-        check(
-            &mut cache,
-            &[(&paths[1], true), (&paths[WAYS], true), (&paths[0], false)],
-        );
+    fn a_path_whose_first_set_is_full_takes_its_second_then_the_oldest_slot_goes() {
+        // Two sets; every path has set 0 first and set 1 second, and the same tag.
+        let mut cache = PathCache::new(2 * WAYS, 4096);
+        let hash = 1 << 20;
+        let paths: Vec<Vec<u8>> = (0..=2 * WAYS)
+            .map(|i| format!("p{i}").into_bytes())
+            .collect();
+        let mut look_up = |path: &[u8]| {
+            let mut computed = false;
+            let value = cache.get_or_insert_hashed(path, hash, |p| {
+                computed = true;
+                md5_u32(p)
+            });
+            assert_eq!(value, md5_u32(path));
+            !computed
+        };
+        let first_round: Vec<bool> = paths[..2 * WAYS].iter().map(|path| look_up(path)).collect();
+        assert_eq!(first_round, [false; 2 * WAYS]);
+        let second_round: Vec<bool> = paths[..2 * WAYS].iter().map(|path| look_up(path)).collect();
+        assert_eq!(second_round, [true; 2 * WAYS]);
+        // Both sets are full: the last path replaces the first, the oldest.
+        assert!(!look_up(&paths[2 * WAYS]));
+        assert!(look_up(&paths[1]));
+        assert!(look_up(&paths[2 * WAYS]));
+        assert!(!look_up(&paths[0]));
     }
 
     #[test]
@@ -375,7 +423,7 @@ mod tests {
             &mut cache,
             &[(b"aaaa", false), (b"aaaa", true), (b"bbbbb", false)],
         );
-        assert_eq!(cache.head, LAP + 5);
+        assert_eq!(cache.head, FIRST_LAP * LAP + 5);
         check(
             &mut cache,
             &[(b"aaaa", false), (b"bbbbb", true), (b"aaaa", true)],
@@ -413,14 +461,14 @@ mod tests {
         /// Differential test against a plain map of what was inserted: every answer is `compute(path)`, a hit is
         /// only ever for an inserted path with the value inserted, and a path looked up again at once is a hit when
         /// it fits (nothing can have evicted it). Tiny tables and arenas make sets collide and the arena lap many
-        /// times; `same_hash` gives every path the same set and tag, so only the bytes tell them apart.
+        /// times; `forced_hash` gives every path the same sets and tag, so only the bytes tell them apart.
         #[test]
         fn answers_as_computing_every_time(
             pool in path_pool(),
             picks in proptest::collection::vec(any::<prop::sample::Index>(), 1..400),
             slots in prop_oneof![Just(1usize), Just(8), Just(64), Just(4096)],
             arena_bytes in prop_oneof![Just(1usize), Just(7), Just(100), Just(300), Just(1 << 16)],
-            same_hash in any::<bool>(),
+            forced_hash in proptest::option::of(prop_oneof![Just(0), Just(1 << 20), any::<u64>()]),
         ) {
             let mut cache = PathCache::new(slots, arena_bytes);
             let mut inserted: HashMap<Vec<u8>, u32> = HashMap::new();
@@ -435,10 +483,9 @@ mod tests {
                         computed = true;
                         md5_u32(p)
                     };
-                    let value = if same_hash && fits {
-                        cache.get_or_insert_hashed(path, 42, compute)
-                    } else {
-                        cache.get_or_insert_with(path, compute)
+                    let value = match forced_hash {
+                        Some(hash) if fits => cache.get_or_insert_hashed(path, hash, compute),
+                        _ => cache.get_or_insert_with(path, compute),
                     };
                     (value, computed)
                 };
