@@ -104,8 +104,8 @@ impl PathCache {
     /// Builds an empty cache of `slots` slots (rounded up to a power of two, at least [`WAYS`]) and an arena of
     /// `arena_bytes` bytes for the paths (at least 1, at most 4 GiB − 1).
     ///
-    /// The arena should hold the hot paths with room to spare (half again as much): a path whose bytes the arena
-    /// has lapped is a miss even if its slot is still there.
+    /// The arena should hold the hot paths with room to spare (about a third again as much) for the paths that
+    /// come and go: a path whose bytes the arena has lapped is a miss even if its slot is still there.
     pub fn new(slots: usize, arena_bytes: usize) -> PathCache {
         let n_sets = slots.max(WAYS).next_power_of_two() / WAYS;
         let arena_bytes = arena_bytes.clamp(1, MAX_ARENA_BYTES);
