@@ -18,6 +18,7 @@
 pub mod console_out;
 pub mod hash;
 pub mod pacing;
+pub mod path_cache;
 mod routed;
 pub mod table;
 
