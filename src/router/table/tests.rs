@@ -150,12 +150,18 @@ members = ["10.0.0.10:2004", "10.0.0.8:2004", "10.0.0.9:2004=x", "10.0.0.9:2005=
     let mut scratch = Scratch::default();
     let mut decision = Decision::default();
     let mut expected = Vec::new();
-    for index in 0..2000 {
+    // Twice over: the second time every MD5 position comes from the cache.
+    for index in (0..2000).chain(0..2000) {
         let path = format!("servers.host{index}.cpu.user");
         ring.members_for(path.as_bytes(), 2, &mut expected);
         table.route(path.as_bytes(), &AllUp, &mut scratch, &mut decision);
         assert_eq!(decision.destinations, expected, "{path}");
     }
+    let cache = scratch
+        .positions
+        .as_ref()
+        .expect("an MD5 ring uses the cache");
+    assert_eq!((cache.misses(), cache.hits()), (2000, 2000));
 }
 
 #[test]
