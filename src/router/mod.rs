@@ -18,7 +18,6 @@
 pub mod console_out;
 pub mod hash;
 pub mod pacing;
-pub mod path_cache;
 mod routed;
 pub mod table;
 

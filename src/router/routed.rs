@@ -1,7 +1,8 @@
 //! Splitting a batch by the routing table into one batch per destination.
 //!
-//! Two passes over the batch's lines: the first rewrites and routes each line and sums, per destination, the bytes
-//! and lines it gets; the second allocates each destination's buffer once, at its exact size, and copies the lines
+//! Passes over the batch's lines: the first rewrites each line (and checks it again); when a ring hashes with MD5,
+//! the second computes every path's MD5 position, eight side by side ([`super::hash::md5_lanes`]); the third routes
+//! each line and sums, per destination, the bytes and lines it gets; the last allocates each destination's buffer once, at its exact size, and copies the lines
 //! in. A queue is charged what its batch really keeps alive, and nothing grows line by line. The per-line records
 //! and buffers live in a [`Routed`] kept per worker thread, so that in a steady state splitting allocates only the
 //! output batches.
@@ -12,6 +13,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 
+use super::hash::md5_lanes::md5_positions;
 use super::table::{Decision, Liveness, RoutingTable, Scratch};
 use crate::batch::Batch;
 use crate::line::{self, Rules, Valid};
@@ -54,8 +56,20 @@ struct LineRoute {
     /// In the input batch, or in `rewritten` when `rewritten_line` is set.
     bytes: Range<usize>,
     rewritten_line: bool,
-    /// Into `targets`.
+    /// The path's length: the line's bytes up to the first space.
+    path_len: usize,
+    /// Into `targets`; empty for a line that goes nowhere.
     targets: Range<usize>,
+}
+
+/// The path of the line `route` describes.
+fn path_of<'a>(route: &LineRoute, batch: &'a [u8], rewritten: &'a [u8]) -> &'a [u8] {
+    let line = if route.rewritten_line {
+        &rewritten[route.bytes.clone()]
+    } else {
+        &batch[route.bytes.clone()]
+    };
+    &line[..route.path_len]
 }
 
 /// Reusable state of a split.
@@ -71,6 +85,8 @@ pub struct Routed {
     line: Vec<u8>,
     n_bytes: Vec<usize>,
     n_lines: Vec<u32>,
+    /// Each line's MD5 ring position, when a ring of the table uses them.
+    md5_positions: Vec<u16>,
 }
 
 impl Routed {
@@ -102,18 +118,22 @@ impl Routed {
         self.n_bytes.resize(n_destinations, 0);
         self.n_lines.clear();
         self.n_lines.resize(n_destinations, 0);
+        self.md5_positions.clear();
         let mut counts = NowhereCounts::default();
         let bytes = batch.bytes();
+        // First: every line as it will be sent (rewritten and checked again if a rewrite changed it).
         let mut line_start = 0;
         for line_end in memchr::memchr_iter(b'\n', bytes) {
             let line = &bytes[line_start..=line_end];
             let mut route = LineRoute {
                 bytes: line_start..line_end + 1,
                 rewritten_line: false,
+                path_len: 0,
                 targets: 0..0,
             };
             line_start = line_end + 1;
             let path_end = memchr::memchr(b' ', line).unwrap_or(line.len() - 1);
+            route.path_len = path_end;
             if table.has_rewrites() && within.is_none() {
                 if let Some(new_path) = table.rewrite(&line[..path_end], &mut self.scratch) {
                     self.line.clear();
@@ -133,15 +153,27 @@ impl Routed {
                     }
                     route.bytes = start..self.rewritten.len();
                     route.rewritten_line = true;
+                    let line = &self.rewritten[route.bytes.clone()];
+                    route.path_len = memchr::memchr(b' ', line).unwrap_or(line.len() - 1);
                 }
             }
-            let line = if route.rewritten_line {
-                &self.rewritten[route.bytes.clone()]
-            } else {
-                line
-            };
-            let path_end = memchr::memchr(b' ', line).unwrap_or(line.len() - 1);
-            let path = &line[..path_end];
+            self.lines.push(route);
+        }
+        // Then the MD5 ring positions of all paths at once, eight side by side, when a ring needs them.
+        if table.uses_md5() {
+            let (lines, rewritten) = (&self.lines, &self.rewritten);
+            md5_positions(
+                lines.len(),
+                |index| path_of(&lines[index], bytes, rewritten),
+                &mut self.md5_positions,
+            );
+        }
+        // Then where each line goes.
+        for (index, route) in self.lines.iter_mut().enumerate() {
+            let path = path_of(route, bytes, &self.rewritten);
+            if let Some(&position) = self.md5_positions.get(index) {
+                self.scratch.hint_md5_position(path, position);
+            }
             match within {
                 None => table.route(path, liveness, &mut self.scratch, &mut self.decision),
                 Some(cluster) => table.route_in_cluster(
@@ -161,13 +193,13 @@ impl Routed {
                 continue;
             }
             let first_target = self.targets.len();
+            let n_line_bytes = route.bytes.len();
             for &destination in &self.decision.destinations {
-                self.n_bytes[destination] += line.len();
+                self.n_bytes[destination] += n_line_bytes;
                 self.n_lines[destination] += 1;
                 self.targets.push(destination);
             }
             route.targets = first_target..self.targets.len();
-            self.lines.push(route);
         }
         let mut buffers: Vec<Option<BytesMut>> = self
             .n_bytes

@@ -15,8 +15,7 @@ use tracing::warn;
 
 use super::hash::carbon::{CarbonMethod, CarbonRing};
 use super::hash::ccr::{CcrMethod, CcrRing};
-use super::hash::{Member, Position};
-use super::path_cache::PathCache;
+use super::hash::{md5_position, Member, Position};
 use crate::config::{
     replacement_template, ClusterMethod, Config, Error, Flavour, ResolvedCluster, BLACKHOLE,
 };
@@ -150,9 +149,28 @@ pub struct Scratch {
     table_id: u64,
     rewritten: Vec<u8>,
     other: Vec<u8>,
-    /// Paths' MD5 ring positions (they depend on the path alone, so one cache serves every MD5 ring and survives a
-    /// reload).
-    positions: Option<PathCache>,
+    /// The MD5 ring position of the next path routed, computed beforehand with the other paths of its batch
+    /// ([`super::hash::md5_lanes`]): the path's address and length, and its position. Used only for that very slice.
+    md5_hint: Option<(usize, usize, u16)>,
+}
+
+impl Scratch {
+    /// Gives the MD5 ring position of `path`, computed beforehand, for the next routing of exactly this slice.
+    pub fn hint_md5_position(&mut self, path: &[u8], position: u16) {
+        self.md5_hint = Some((path.as_ptr() as usize, path.len(), position));
+    }
+}
+
+/// The MD5 ring position of `path`: `hint`'s if the hint is for this very slice, computed otherwise.
+fn md5_position_of(path: &[u8], hint: Option<(usize, usize, u16)>) -> u16 {
+    match hint {
+        Some((address, len, position))
+            if address == path.as_ptr() as usize && len == path.len() =>
+        {
+            position
+        }
+        _ => md5_position(path),
+    }
 }
 
 impl RoutingTable {
@@ -242,6 +260,13 @@ impl RoutingTable {
     /// every line, and together they reach each destination once): the router then shares whole batches.
     pub fn sends_everything_everywhere(&self) -> bool {
         self.sends_everything_everywhere
+    }
+
+    /// Whether some cluster hashes paths with MD5: the router then computes a batch's MD5 positions together.
+    pub fn uses_md5(&self) -> bool {
+        self.clusters
+            .iter()
+            .any(|cluster| cluster.ring.as_ref().is_some_and(Ring::uses_md5))
     }
 
     /// Whether any rewrite exists.
@@ -476,7 +501,7 @@ impl Cluster {
             }
             ClusterMethod::CarbonCh | ClusterMethod::Fnv1aCh | ClusterMethod::JumpFnv1aCh => {
                 let Some(ring) = &self.ring else { return };
-                let position = ring.path_position(path, &mut scratch.positions);
+                let position = ring.path_position(path, scratch.md5_hint);
                 if !self.dynamic {
                     ring.members_at(position, self.replication, out);
                     return;
@@ -498,29 +523,25 @@ impl Cluster {
 }
 
 impl Ring {
-    /// The ring position of `path`. An MD5 position, which depends on the path alone, comes from `cache` (made on
-    /// first use), so a path seen before costs a lookup instead of an MD5.
-    fn path_position(&self, path: &[u8], cache: &mut Option<PathCache>) -> Position {
-        let expensive = match self {
-            Ring::Carbon(ring) => ring.position_is_expensive(),
-            Ring::Ccr(ring) => ring.position_is_expensive(),
-        };
-        if !expensive {
-            return self.compute_position(path);
-        }
-        let cache = cache.get_or_insert_with(|| {
-            PathCache::new(POSITION_CACHE_SLOTS, POSITION_CACHE_ARENA_BYTES)
-        });
-        // An MD5 position is 16 bits: it fits the cache's u32.
-        Position::from(cache.get_or_insert_with(path, |path| {
-            u32::try_from(self.compute_position(path)).unwrap_or(u32::MAX)
-        }))
-    }
-
-    fn compute_position(&self, path: &[u8]) -> Position {
+    /// The ring position of `path`; an MD5 position comes from `md5_hint` when it is for this very slice.
+    fn path_position(&self, path: &[u8], md5_hint: Option<(usize, usize, u16)>) -> Position {
         match self {
+            Ring::Carbon(ring) if ring.position_is_expensive() => {
+                Position::from(md5_position_of(path, md5_hint))
+            }
+            Ring::Ccr(ring) if ring.position_is_expensive() => {
+                Position::from(md5_position_of(path, md5_hint))
+            }
             Ring::Carbon(ring) => ring.path_position(path),
             Ring::Ccr(ring) => ring.path_position(path),
+        }
+    }
+
+    /// Whether the ring's positions are MD5s, worth computing for a whole batch at once.
+    pub fn uses_md5(&self) -> bool {
+        match self {
+            Ring::Carbon(ring) => ring.position_is_expensive(),
+            Ring::Ccr(ring) => ring.position_is_expensive(),
         }
     }
 
@@ -531,14 +552,6 @@ impl Ring {
         }
     }
 }
-
-/// Slots of each worker thread's MD5 position cache: with two candidate sets per path, 100,000 hot paths hit 99.9 %
-/// of the time (benches/path_cache.rs).
-const POSITION_CACHE_SLOTS: usize = 256 * 1024;
-
-/// Bytes of paths each worker thread's position cache keeps: 100,000 paths of about 45 bytes, with headroom. The cache
-/// takes 10 MiB in all, on first use by a hash cluster.
-const POSITION_CACHE_ARENA_BYTES: usize = 6 * 1024 * 1024;
 
 /// Whether the routes, all matching every line, reach every destination exactly once.
 fn covers_every_destination(routes: &[Route], clusters: &[Cluster], n_destinations: usize) -> bool {

@@ -40,7 +40,7 @@
 use std::collections::HashSet;
 use std::fmt::Write as _;
 
-use super::{md5_position, Member, Position, RingEntry};
+use super::{md5_position, Member, Position, RingEntry, StartTable};
 
 /// The number of replicas carbon gives each node (`ConsistentHashRing`'s `replica_count` default).
 const REPLICAS_PER_NODE: u32 = 100;
@@ -67,6 +67,8 @@ pub struct CarbonRing {
     member_servers: Vec<usize>,
     /// How many distinct hosts the members have.
     n_servers: usize,
+    /// Where a path's walk starts, by path position.
+    starts: StartTable,
 }
 
 impl CarbonRing {
@@ -127,7 +129,11 @@ impl CarbonRing {
         } else {
             members.len()
         };
+        let starts = StartTable::new(ring_entries.len(), |entry| {
+            Position::from(ring_entries[entry].0)
+        });
         CarbonRing {
+            starts,
             method,
             positions: ring_entries.iter().map(|&(position, _)| position).collect(),
             entry_members: ring_entries.iter().map(|&(_, member)| member).collect(),
@@ -153,11 +159,11 @@ impl CarbonRing {
         Position::from(key_position(self.method, path))
     }
 
-    /// Whether [`CarbonRing::path_position`] is worth caching: true for `carbon_ch`, whose MD5 costs several times the
+    /// Whether [`CarbonRing::path_position`] is worth computing ahead, for a whole batch: true for `carbon_ch`, whose MD5 costs several times the
     /// walk, false for `fnv1a_ch`.
     ///
-    /// Every ring, of either flavour, that answers true computes its positions with [`md5_position`], so one cache
-    /// serves them all.
+    /// Every ring, of either flavour, that answers true computes its positions with [`md5_position`], so positions
+    /// computed once serve them all.
     pub fn position_is_expensive(&self) -> bool {
         self.method == CarbonMethod::CarbonCh
     }
@@ -165,7 +171,7 @@ impl CarbonRing {
     /// Writes into `out` (cleared first) the indices of the up-to-`replication` members a path at `position` goes to,
     /// primary first, walking the ring from the first entry at or after `position`.
     ///
-    /// `position` is what [`CarbonRing::path_position`] gave for the path, or the same value from a cache or from
+    /// `position` is what [`CarbonRing::path_position`] gave for the path, or the same value computed ahead or by
     /// another ring of the same method. Fewer members come back as for [`CarbonRing::members_for`].
     pub fn members_at(&self, position: Position, replication: usize, out: &mut Vec<usize>) {
         out.clear();
@@ -174,10 +180,11 @@ impl CarbonRing {
             return;
         }
         let n_entries = self.positions.len();
-        let start = self
-            .positions
-            .partition_point(|&entry| Position::from(entry) < position)
-            % n_entries;
+        let start = self.starts.start(position).unwrap_or_else(|| {
+            self.positions
+                .partition_point(|&entry| Position::from(entry) < position)
+                % n_entries
+        });
         // Carbon stops one short of a full turn; with 100 replicas a node always has another entry, but stay exact.
         let n_visited = (n_entries - 1).max(1);
         for entry_index in (start..n_entries).chain(0..start).take(n_visited) {

@@ -50,7 +50,7 @@
 
 use std::cmp::Ordering;
 
-use super::{md5_position, Member, Position, RingEntry};
+use super::{md5_position, Member, Position, RingEntry, StartTable};
 
 /// The hashing method of a carbon-c-relay cluster, named after its config keyword.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +78,8 @@ enum RingKind {
     Positions {
         entries: Vec<Entry>,
         n_members: usize,
+        /// Where a path's walk starts, by path position.
+        starts: StartTable,
     },
     /// Member indices in bucket order.
     Jump { buckets: Vec<usize> },
@@ -137,10 +139,10 @@ impl CcrRing {
         }
     }
 
-    /// Whether [`CcrRing::path_position`] is worth caching: true for `carbon_ch` (MD5), false for the FNV-1a methods.
+    /// Whether [`CcrRing::path_position`] is worth computing ahead, for a whole batch: true for `carbon_ch` (MD5), false for the FNV-1a methods.
     ///
-    /// Every ring, of either flavour, that answers true computes its positions with [`md5_position`], so one cache
-    /// serves them all.
+    /// Every ring, of either flavour, that answers true computes its positions with [`md5_position`], so positions
+    /// computed once serve them all.
     pub fn position_is_expensive(&self) -> bool {
         self.method == CcrMethod::CarbonCh
     }
@@ -149,18 +151,23 @@ impl CcrRing {
     /// primary first: from the first entry at or after `position` clockwise, or for `jump_fnv1a_ch` by jumping with
     /// `position` as the hash.
     ///
-    /// `position` is what [`CcrRing::path_position`] gave for the path, or the same value from a cache or from another
+    /// `position` is what [`CcrRing::path_position`] gave for the path, or the same value computed ahead or by another
     /// ring of the same method. Fewer members come back as for [`CcrRing::members_for`].
     pub fn members_at(&self, position: Position, replication: usize, out: &mut Vec<usize>) {
         out.clear();
         match &self.kind {
-            RingKind::Positions { entries, n_members } => {
+            RingKind::Positions {
+                entries,
+                n_members,
+                starts,
+            } => {
                 let n_wanted = replication.min(*n_members);
                 if n_wanted == 0 {
                     return;
                 }
-                let start =
-                    entries.partition_point(|entry| Position::from(entry.position) < position);
+                let start = starts.start(position).unwrap_or_else(|| {
+                    entries.partition_point(|entry| Position::from(entry.position) < position)
+                });
                 let clockwise = entries[start..].iter().chain(&entries[..start]);
                 for entry in clockwise {
                     if !out.contains(&entry.member) {
@@ -237,7 +244,14 @@ fn positions_ring(
         seen[entry.member] = true;
     }
     let n_members = seen.iter().filter(|&&member_seen| member_seen).count();
-    RingKind::Positions { entries, n_members }
+    let starts = StartTable::new(entries.len(), |entry| {
+        Position::from(entries[entry].position)
+    });
+    RingKind::Positions {
+        entries,
+        n_members,
+        starts,
+    }
 }
 
 /// `('HOST', 'INSTANCE'):i` or `('HOST', None):i`: the text of carbon's Python key, as carbon-c-relay writes it.

@@ -150,18 +150,46 @@ members = ["10.0.0.10:2004", "10.0.0.8:2004", "10.0.0.9:2004=x", "10.0.0.9:2005=
     let mut scratch = Scratch::default();
     let mut decision = Decision::default();
     let mut expected = Vec::new();
-    // Twice over: the second time every MD5 position comes from the cache.
-    for index in (0..2000).chain(0..2000) {
+    // Without a hint, then with the position computed beforehand for that very slice (as the router does).
+    for (index, hinted) in (0..2000)
+        .map(|index| (index, false))
+        .chain((0..2000).map(|index| (index, true)))
+    {
         let path = format!("servers.host{index}.cpu.user");
         ring.members_for(path.as_bytes(), 2, &mut expected);
+        if hinted {
+            scratch.hint_md5_position(
+                path.as_bytes(),
+                crate::router::hash::md5_position(path.as_bytes()),
+            );
+        }
         table.route(path.as_bytes(), &AllUp, &mut scratch, &mut decision);
         assert_eq!(decision.destinations, expected, "{path}");
     }
-    let cache = scratch
-        .positions
-        .as_ref()
-        .expect("an MD5 ring uses the cache");
-    assert_eq!((cache.misses(), cache.hits()), (2000, 2000));
+}
+
+#[test]
+fn an_md5_hint_counts_only_for_the_slice_it_was_given_for() {
+    let table = table(
+        "[[cluster]]\nname = \"c\"\nmethod = \"carbon_ch\"\nmembers = [\"a:1\", \"b:1\", \"c:1\", \"d:1\"]\n",
+    );
+    let (mut scratch, mut decision) = (Scratch::default(), Decision::default());
+    let path = b"servers.web1.cpu.user".to_vec();
+    let copy = path.clone();
+    table.route(&path, &AllUp, &mut scratch, &mut decision);
+    let right = decision.destinations.clone();
+    // A wrong position hinted for the slice itself is believed (that is what makes it cheap)...
+    let wrong = (0..=u16::MAX)
+        .find(|&position| {
+            scratch.hint_md5_position(&path, position);
+            table.route(&path, &AllUp, &mut scratch, &mut decision);
+            decision.destinations != right
+        })
+        .expect("some position leads elsewhere");
+    // ...and ignored for another slice, even with the same bytes.
+    scratch.hint_md5_position(&path, wrong);
+    table.route(&copy, &AllUp, &mut scratch, &mut decision);
+    assert_eq!(decision.destinations, right);
 }
 
 #[test]
