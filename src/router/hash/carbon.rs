@@ -185,6 +185,11 @@ impl CarbonRing {
                 .partition_point(|&entry| Position::from(entry) < position)
                 % n_entries
         });
+        if n_wanted == 1 {
+            // The primary is the first entry's member, whatever the diverse rule says of later ones.
+            out.push(self.entry_members[start]);
+            return;
+        }
         // Carbon stops one short of a full turn; with 100 replicas a node always has another entry, but stay exact.
         let n_visited = (n_entries - 1).max(1);
         for entry_index in (start..n_entries).chain(0..start).take(n_visited) {

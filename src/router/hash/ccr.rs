@@ -168,6 +168,11 @@ impl CcrRing {
                 let start = starts.start(position).unwrap_or_else(|| {
                     entries.partition_point(|entry| Position::from(entry.position) < position)
                 });
+                if n_wanted == 1 {
+                    // The primary is the first entry's member (wrapping past the last entry).
+                    out.push(entries.get(start).unwrap_or(&entries[0]).member);
+                    return;
+                }
                 let clockwise = entries[start..].iter().chain(&entries[..start]);
                 for entry in clockwise {
                     if !out.contains(&entry.member) {
