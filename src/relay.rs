@@ -123,10 +123,17 @@ impl Spawner {
         plans: Vec<DestinationPlan>,
         spool_total_max_bytes: u64,
         n_destinations: usize,
+        registry: &Registry,
     ) -> anyhow::Result<Vec<Running>> {
+        let known = registry.destinations();
         let mut opened = Vec::with_capacity(plans.len());
         for plan in plans {
-            let stats = DestinationStats::new(&plan.identity.to_string());
+            let name = plan.identity.to_string();
+            // A destination an earlier reload removed keeps counting where it left off.
+            let stats = known
+                .iter()
+                .find(|stats| stats.address == name)
+                .map_or_else(|| DestinationStats::new(&name), Arc::clone);
             let spool = open_spool(&plan, spool_total_max_bytes, n_destinations, &stats)?;
             opened.push((plan, stats, spool));
         }
@@ -250,6 +257,7 @@ impl Relay {
             plans,
             config.destination.spool_total_max_bytes,
             n_destinations,
+            &registry,
         )?;
         registry.set_destinations(
             destinations
@@ -406,6 +414,7 @@ impl Relay {
             fresh,
             config.destination.spool_total_max_bytes,
             plans.len(),
+            &self.registry,
         )?;
 
         let mut report = ReloadReport::default();
@@ -441,7 +450,7 @@ impl Relay {
             .iter()
             .map(|running| Arc::clone(&running.stats))
             .collect();
-        // Removed destinations stay in the counters until they stopped.
+        // Destinations no longer in use (removed now or earlier) stay listed after those in use, with their counters.
         self.registry.update_destinations(|current| {
             let mut next = kept_stats.clone();
             next.extend(
@@ -467,7 +476,6 @@ impl Relay {
             removed,
             old_routes,
             config.shutdown_timeout,
-            Arc::clone(&self.registry),
             Arc::clone(&self.retiring_identities),
         ));
         for (section, changed) in [
@@ -598,12 +606,11 @@ async fn join_spoolers(spoolers: Vec<std::thread::JoinHandle<()>>, deadline: tok
 
 /// Stops destinations a reload removed, once no batch is routed with `old_routes` any more: closes their queues, lets
 /// them drain until `timeout` from now (spooled ones until the spool reserve, then they spool the rest and keep it on
-/// disk), counts what is left as dropped (`shutdown`) and takes their counters out of the registry.
+/// disk) and counts what is left as dropped (`shutdown`). Their counters stay in the registry.
 async fn retire(
     removed: Vec<Running>,
     old_routes: Arc<Routes>,
     timeout: Duration,
-    registry: Arc<Registry>,
     retiring: Arc<parking_lot::Mutex<Vec<Identity>>>,
 ) {
     let deadline = tokio::time::Instant::now() + timeout;
@@ -632,15 +639,15 @@ async fn retire(
         } else {
             info!(destination = %running.identity, "reload: removed destination drained and stopped");
         }
-        (running.identity, running.stats)
+        running.identity
     };
     let mut stopping = Vec::new();
     for running in removed {
         stopping.push(tokio::spawn(stop_one(running)));
     }
     for stopped in stopping {
-        if let Ok((stopped_identity, stats)) = stopped.await {
-            registry.remove_destination(&stats);
+        // Its counters stay listed, so what it sent and dropped stays counted; a reload naming it again reuses them.
+        if let Ok(stopped_identity) = stopped.await {
             retiring
                 .lock()
                 .retain(|identity| *identity != stopped_identity);

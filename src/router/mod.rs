@@ -168,11 +168,14 @@ impl Router {
         let n_lines = batch.n_lines();
         let routes = self.routes.load_full();
         self.dispatch_to_queues(&routes, batch).await;
+        // Routes a reload replaced are let go at once, so that its removed destinations can close.
+        drop(routes);
         // In the queues (or counted as dropped) now: no longer "inbound". Pacing comes after.
         self.registry
             .relay
             .inbound_lines
             .fetch_sub(i64::from(n_lines), Ordering::Relaxed);
+        let routes = self.routes.load_full();
         if !routes.queues.is_empty() {
             routes.pacer.pace().await;
         }
@@ -251,7 +254,13 @@ impl Router {
             }
             let routes = self.routes.load_full();
             for (cluster_index, cluster) in routes.table.clusters().iter().enumerate() {
-                if !cluster.moves_lines() || cluster.destinations.len() < 2 {
+                // With every member out, the lines would only go round: they wait where they are.
+                if !cluster.moves_lines()
+                    || cluster
+                        .destinations
+                        .iter()
+                        .all(|&destination| routes.healths[destination].is_out())
+                {
                     continue;
                 }
                 for &destination in &cluster.destinations {
@@ -279,6 +288,8 @@ impl Router {
             for (to, batch) in self.split(routes, &batch, Some(cluster)) {
                 self.push(&routes.queues[to], batch).await;
             }
+            // A whole queue can be many batches: let the connections on this worker run between them.
+            tokio::task::yield_now().await;
         }
     }
 

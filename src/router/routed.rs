@@ -32,6 +32,8 @@ pub struct NowhereCounts {
     pub blackholed: u64,
     /// A rewrite made the line invalid (an empty path, say).
     pub rewrite_invalid: u64,
+    /// Routes matched but named no destination: none is configured.
+    pub no_destination: u64,
 }
 
 impl NowhereCounts {
@@ -42,6 +44,7 @@ impl NowhereCounts {
             (&relay.lines_no_route, self.no_route),
             (&relay.lines_blackholed, self.blackholed),
             (&relay.lines_rewrite_invalid, self.rewrite_invalid),
+            (&relay.lines_dropped_no_destination, self.no_destination),
         ] {
             if n > 0 {
                 counter.fetch_add(n, Ordering::Relaxed);
@@ -189,6 +192,9 @@ impl Routed {
                     counts.no_route += 1;
                 } else if self.decision.blackholed {
                     counts.blackholed += 1;
+                } else {
+                    // Routes matched that reach no destination: there is none (rewrites without destinations).
+                    counts.no_destination += 1;
                 }
                 continue;
             }

@@ -408,10 +408,13 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Whether the cluster moves the lines of a member that is out to its other members.
+    /// Whether the cluster moves what a member that is out holds queued to its other members: `any_of`, `failover`
+    /// and `dynamic` hash clusters of replication 1. With more replicas, the other replicas of a queued line already
+    /// have it, and the member that would stand in for the out one cannot be told from one that has it too: its
+    /// queued lines wait for it, while new lines go to the members up.
     pub fn moves_lines(&self) -> bool {
         matches!(self.method, ClusterMethod::AnyOf | ClusterMethod::Failover)
-            || (self.method.is_hash() && self.dynamic)
+            || (self.method.is_hash() && self.dynamic && self.replication == 1)
     }
 
     fn new(resolved: &ResolvedCluster, identities: &[&Identity]) -> Cluster {

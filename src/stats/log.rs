@@ -131,14 +131,18 @@ pub fn interval_report(
         lines_per_sec: per_sec(n_lines, interval),
         inbound_lines: current.lines.inbound,
     }];
-    for (index, destination) in current.destinations.iter().enumerate() {
+    for destination in &current.destinations {
         if destination.queued_lines > 0 {
             report.push(ReportLine::DestinationQueue {
                 address: destination.address.clone(),
                 queued_lines: destination.queued_lines,
             });
         }
-        let previous_destination = previous.destinations.get(index);
+        // By address: a reload reorders the destinations.
+        let previous_destination = previous
+            .destinations
+            .iter()
+            .find(|previous| previous.address == destination.address);
         if let Some(spool) = &destination.spool {
             let previous_replayed_lines = previous_destination
                 .and_then(|previous| previous.spool.as_ref())

@@ -322,17 +322,6 @@ impl Registry {
         self.destinations.rcu(|current| update(current));
     }
 
-    /// Takes a stopped destination's counters out.
-    pub fn remove_destination(&self, stats: &Arc<DestinationStats>) {
-        self.update_destinations(|current| {
-            current
-                .iter()
-                .filter(|other| !Arc::ptr_eq(other, stats))
-                .cloned()
-                .collect()
-        });
-    }
-
     /// A copy of every counter, read now.
     ///
     /// The counters are read one by one with relaxed ordering, so a snapshot taken while lines flow is not one

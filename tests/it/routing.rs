@@ -431,8 +431,12 @@ async fn a_reload_keeps_a_destinations_spool_open_and_a_removed_ones_spool_on_di
     // Removed: it drains and stops, and its spool directory stays.
     let report = relay.reload(config(&[&second])).await.unwrap();
     assert_eq!(report.removed, [first.address().to_string()]);
-    eventually("the removed destination left the counters", || {
-        relay.handle.registry.destinations().len() == 1
+    // Its counters stay listed, after those in use.
+    let registry = std::sync::Arc::clone(&relay.handle.registry);
+    let removed = std::sync::Arc::clone(&registry.destinations()[1]);
+    assert_eq!(removed.address, first.address().to_string());
+    eventually("the removed destination stopped", || {
+        !removed.connected.load(Ordering::Relaxed)
     })
     .await;
     let first_spool = spool_dir
@@ -442,8 +446,23 @@ async fn a_reload_keeps_a_destinations_spool_open_and_a_removed_ones_spool_on_di
     send(relay.address(), b"second.only 2 1700000000\n").await;
     eventually("the second got it", || second.n_lines() == 2).await;
 
-    // Named again: its spool opens again (its lock was released when it stopped).
-    let report = relay.reload(config(&[&first, &second])).await.unwrap();
+    // Named again: its spool opens again once it has stopped (its lock released), and its counters go on.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let report = loop {
+        match relay.reload(config(&[&first, &second])).await {
+            Ok(report) => break report,
+            Err(err) => {
+                assert!(format!("{err:#}").contains("still draining"), "{err:#}");
+                assert!(tokio::time::Instant::now() < deadline, "{err:#}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    assert_eq!(registry.destinations().len(), 2);
+    assert!(std::sync::Arc::ptr_eq(
+        &registry.destinations()[0],
+        &removed
+    ));
     assert_eq!(report.added, [first.address().to_string()]);
     send(relay.address(), b"both.b 3 1700000000\n").await;
     eventually("both got it", || {
@@ -481,5 +500,26 @@ async fn a_reload_that_cannot_open_a_new_spool_changes_nothing() {
     assert_eq!(relay.handle.registry.destinations().len(), 1);
     send(relay.address(), b"still.routed 1 1700000000\n").await;
     eventually("the old config still routes", || sink.n_lines() == 1).await;
+    relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn lines_rewritten_with_no_destination_at_all_are_counted() {
+    let mut config = support::config(&[]);
+    config.rewrites = vec![RewriteConfig {
+        pattern: "^a".to_string(),
+        replace: "b".to_string(),
+    }];
+    let relay = TestRelay::start(config).await;
+    send(relay.address(), b"a.x 1 1700000000\nc.y 2 1700000000\n").await;
+    let relay_stats = &relay.handle.registry.relay;
+    eventually("both lines counted as going nowhere", || {
+        relay_stats
+            .lines_dropped_no_destination
+            .load(Ordering::Relaxed)
+            == 2
+    })
+    .await;
+    assert_eq!(relay_stats.lines_no_route.load(Ordering::Relaxed), 0);
     relay.shutdown().await;
 }

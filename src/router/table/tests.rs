@@ -484,3 +484,20 @@ fn each_method_and_flavour_builds_the_ring_it_names() {
         }
     }
 }
+
+#[test]
+fn only_clusters_whose_queued_lines_have_no_other_copy_move_them() {
+    let cluster = |method: &str, extra: &str| {
+        let text = format!(
+            "[[cluster]]\nname = \"c\"\nmethod = \"{method}\"\nmembers = [\"a:1=a\", \"b:1=b\", \"c:1=c\"]\n{extra}"
+        );
+        table(&text).clusters()[0].moves_lines()
+    };
+    assert!(cluster("any_of", ""));
+    assert!(cluster("failover", ""));
+    assert!(cluster("carbon_ch", "dynamic = true\n"));
+    assert!(!cluster("carbon_ch", ""));
+    assert!(!cluster("forward", ""));
+    // With two replicas the other already has every queued line: moving them would deliver some twice.
+    assert!(!cluster("carbon_ch", "dynamic = true\nreplication = 2\n"));
+}
