@@ -60,6 +60,8 @@ struct Running {
     writer: JoinHandle<()>,
     /// Its spooler thread, if it has a spool.
     spooler: Option<std::thread::JoinHandle<()>>,
+    /// The bytes its spool may use (0 without a spool): its share of `spool_total_max_bytes` when it started.
+    spool_cap: u64,
     /// Cancelled to make its writer hand back what it holds: at its deadline, at shutdown or when a reload removed it.
     stop: CancellationToken,
 }
@@ -82,10 +84,7 @@ fn open_spool(
     let Some(spool_dir) = &destination.spool_dir else {
         return Ok(None);
     };
-    let mut max_bytes = destination.spool_max_bytes;
-    if spool_total_max_bytes > 0 {
-        max_bytes = max_bytes.min(spool_total_max_bytes / n_destinations.max(1) as u64);
-    }
+    let max_bytes = spool_cap(destination, spool_total_max_bytes, n_destinations);
     let settings = spool::Settings {
         dir: spool_dir.join(spool::directory_name(&identity.to_string())),
         max_bytes,
@@ -104,6 +103,23 @@ fn open_spool(
         spool: opened,
         n_unread_records: recovered.unread_records,
     }))
+}
+
+/// The bytes a destination's spool may use: `spool_max_bytes`, or its share of `spool_total_max_bytes` over
+/// `n_destinations` when that is smaller; 0 without a spool.
+fn spool_cap(
+    destination: &DestinationConfig,
+    spool_total_max_bytes: u64,
+    n_destinations: usize,
+) -> u64 {
+    if destination.spool_dir.is_none() {
+        return 0;
+    }
+    let mut max_bytes = destination.spool_max_bytes;
+    if spool_total_max_bytes > 0 {
+        max_bytes = max_bytes.min(spool_total_max_bytes / n_destinations.max(1) as u64);
+    }
+    max_bytes
 }
 
 /// What [`Spawner::start_destinations`] shares between destinations.
@@ -137,23 +153,34 @@ impl Spawner {
             let spool = open_spool(&plan, spool_total_max_bytes, n_destinations, &stats)?;
             opened.push((plan, stats, spool));
         }
-        let mut running = Vec::with_capacity(opened.len());
+        let mut running: Vec<Running> = Vec::with_capacity(opened.len());
         for (plan, stats, spool) in opened {
             let stop = if spool.is_some() {
                 self.stop_spooled.child_token()
             } else {
                 self.stop.child_token()
             };
-            let destination = Destination::spawn(
+            let destination = match Destination::spawn(
                 &plan.identity,
                 &plan.config,
                 Arc::clone(&stats),
                 Arc::clone(&self.room),
                 stop.clone(),
                 spool,
-            )
-            .context("cannot start a spooler thread")?;
+            ) {
+                Ok(destination) => destination,
+                Err(err) => {
+                    // Leave nothing running: those started end once their queues close and their writers stop.
+                    for started in &running {
+                        started.handle.queue.close();
+                        started.handle.queue.finish_spool();
+                        started.stop.cancel();
+                    }
+                    return Err(err).context("cannot start a spooler thread");
+                }
+            };
             running.push(Running {
+                spool_cap: spool_cap(&plan.config, spool_total_max_bytes, n_destinations),
                 identity: plan.identity,
                 config: plan.config,
                 stats,
@@ -410,12 +437,42 @@ impl Relay {
                 draining.identity
             );
         }
-        let mut started = self.spawner.start_destinations(
-            fresh,
-            config.destination.spool_total_max_bytes,
-            plans.len(),
-            &self.registry,
-        )?;
+        let spool_total_max_bytes = config.destination.spool_total_max_bytes;
+        if spool_total_max_bytes > 0 {
+            let kept: u64 = self
+                .destinations
+                .iter()
+                .filter(|running| plans.iter().any(|plan| plan.identity == running.identity))
+                .map(|running| running.spool_cap)
+                .sum();
+            let added: u64 = fresh
+                .iter()
+                .map(|plan| spool_cap(&plan.config, spool_total_max_bytes, plans.len()))
+                .sum();
+            // Kept spools keep the share they started with; only a restart divides the total again.
+            anyhow::ensure!(
+                kept + added <= spool_total_max_bytes,
+                "the spools would be allowed {} bytes together (kept {kept}, new {added}), more than \
+                 spool_total_max_bytes {spool_total_max_bytes}: restart to divide it among the new destinations",
+                kept + added
+            );
+        }
+        // Opening a spool reads it (recovery): not on a runtime worker's time when other tasks could run there.
+        let start = || {
+            self.spawner.start_destinations(
+                fresh,
+                spool_total_max_bytes,
+                plans.len(),
+                &self.registry,
+            )
+        };
+        let mut started = if tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            tokio::task::block_in_place(start)
+        } else {
+            start()
+        }?;
 
         let mut report = ReloadReport::default();
         let mut old = std::mem::take(&mut self.destinations);

@@ -427,6 +427,14 @@ impl Config {
             if template.is_empty() {
                 return Err(invalid("replace must not be empty".to_string()));
             }
+            if template
+                .contains(|character: char| character.is_whitespace() || character.is_control())
+            {
+                return Err(invalid(
+                    "replace must not hold whitespace or control characters: a path has none"
+                        .to_string(),
+                ));
+            }
             check_replacement_groups(&regex, &template).map_err(invalid)?;
         }
         Ok(())

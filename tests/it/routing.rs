@@ -523,3 +523,24 @@ async fn lines_rewritten_with_no_destination_at_all_are_counted() {
     assert_eq!(relay_stats.lines_no_route.load(Ordering::Relaxed), 0);
     relay.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_reload_that_would_take_the_spools_past_their_total_is_refused() {
+    let spool_dir = tempfile::tempdir().unwrap();
+    let sinks = [Sink::start().await, Sink::start().await];
+    let config = |n_destinations: usize| {
+        let mut config = support::config(&addresses(&sinks)[..n_destinations]);
+        config.destination.spool_dir = Some(spool_dir.path().to_path_buf());
+        config.destination.spool_total_max_bytes = 2 * 1024 * 1024;
+        config
+    };
+    // One destination: its spool may take the whole 2 MiB, and keeps that share.
+    let mut relay = TestRelay::start(config(1)).await;
+    let err = relay.reload(config(2)).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("spool_total_max_bytes"),
+        "{err:#}"
+    );
+    assert_eq!(relay.handle.registry.destinations().len(), 1);
+    relay.shutdown().await;
+}

@@ -373,6 +373,10 @@ fn validation_names_what_is_wrong() {
             "group",
         ),
         ("[[cluster]]\nname = \"blackhole\"\nmethod = \"forward\"\nmembers = [\"a:1\"]\n", "blackhole"),
+        (
+            "destinations = [\"a:1\"]\n[[rewrite]]\nmatch = \"^a\"\nreplace = \"b c\"\n",
+            "whitespace",
+        ),
     ];
     for (text, needle) in cases {
         let message = match Config::parse(text) {
