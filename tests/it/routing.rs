@@ -240,6 +240,8 @@ async fn failover_sends_everything_to_the_first_member_up() {
         during.len(),
         "the backup got only what came after"
     );
+    // Sent before the primary was out, they waited in its queue and were moved from there.
+    assert!(relay.destination(0).moved_lines.load(Ordering::Relaxed) > 0);
 
     let primary = Sink::start_on(primary_address).await;
     eventually("the primary reconnected", || {
@@ -249,7 +251,7 @@ async fn failover_sends_everything_to_the_first_member_up() {
     let after = lines("after", 1000);
     let received = deliver(&relay, &after, &[&primary, &backup]).await;
     assert!(after.iter().all(|line| received[line] == 0));
-    relay.shutdown().await;
+    assert_eq!(relay.shutdown().await.lines_lost, 0);
 }
 
 fn addresses(sinks: &[Sink]) -> Vec<SocketAddr> {
@@ -543,4 +545,59 @@ async fn a_reload_that_would_take_the_spools_past_their_total_is_refused() {
     );
     assert_eq!(relay.handle.registry.destinations().len(), 1);
     relay.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_that_grows_a_hash_cluster_moves_only_what_the_new_ring_moves() {
+    let sinks = [
+        Sink::start().await,
+        Sink::start().await,
+        Sink::start().await,
+    ];
+    let config = |n_members: usize| {
+        let mut config = support::config(&[]);
+        let members = members(&addresses(&sinks)[..n_members]);
+        let members: Vec<&str> = members.iter().map(String::as_str).collect();
+        config.clusters = vec![ClusterConfig::new("c", ClusterMethod::CarbonCh, &members)];
+        config
+    };
+    let ring = |n_members: usize| {
+        let ring_members: Vec<Member> = sinks[..n_members]
+            .iter()
+            .enumerate()
+            .map(|(index, sink)| Member {
+                host: "127.0.0.1".to_string(),
+                port: sink.address().port(),
+                instance: Some(format!("m{index}")),
+            })
+            .collect();
+        CarbonRing::new(CarbonMethod::CarbonCh, &ring_members, true)
+    };
+    let mut relay = TestRelay::start(config(2)).await;
+    let sink_refs: Vec<&Sink> = sinks.iter().collect();
+    let before = lines("grow.before", 2000);
+    let received_before = deliver(&relay, &before, &sink_refs).await;
+    let report = relay.reload(config(3)).await.unwrap();
+    assert_eq!(report.added.len(), 1);
+    assert_eq!(report.kept.len(), 2);
+    let after = lines("grow.after", 2000);
+    let received_after = deliver(&relay, &after, &sink_refs).await;
+    assert_eq!(relay.shutdown().await.lines_lost, 0);
+
+    let mut chosen = Vec::new();
+    for (sent, received, ring) in [
+        (&before, &received_before, ring(2)),
+        (&after, &received_after, ring(3)),
+    ] {
+        for line in sent.iter() {
+            let path = line.split(' ').next().unwrap();
+            ring.members_for(path.as_bytes(), 1, &mut chosen);
+            assert_eq!(received[line], chosen[0], "{line}");
+        }
+    }
+    let n_new_member = after
+        .iter()
+        .filter(|line| received_after[*line] == 2)
+        .count();
+    assert!((400..1000).contains(&n_new_member), "{n_new_member}");
 }
