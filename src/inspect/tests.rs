@@ -91,16 +91,7 @@ fn ring_diff_text(before: &str, after: &str, paths: &str) -> String {
 }
 
 fn member(text: &str) -> Member {
-    let (address, instance) = match text.split_once('=') {
-        Some((address, instance)) => (address, Some(instance.to_string())),
-        None => (text, None),
-    };
-    let (host, port) = address.rsplit_once(':').unwrap();
-    Member {
-        host: host.to_string(),
-        port: port.parse().unwrap(),
-        instance,
-    }
+    Member::from(&crate::destination::Identity::parse(text).unwrap())
 }
 
 fn carbon_ring(members: &[&str]) -> CarbonRing {

@@ -422,14 +422,7 @@ impl Cluster {
         let members: Vec<Member> = resolved
             .destinations
             .iter()
-            .map(|&index| {
-                let identity = identities[index];
-                Member {
-                    host: identity.host().to_string(),
-                    port: identity.port(),
-                    instance: identity.instance().map(str::to_string),
-                }
-            })
+            .map(|&index| Member::from(identities[index]))
             .collect();
         let ring = match (config.method, config.flavour()) {
             (ClusterMethod::CarbonCh, Flavour::Carbon) => Some(Ring::Carbon(CarbonRing::new(

@@ -242,16 +242,7 @@ fn numbered_members(n_members: usize) -> Vec<String> {
 }
 
 fn ring_member(text: &str) -> Member {
-    let (address, instance) = match text.split_once('=') {
-        Some((address, instance)) => (address, Some(instance.to_string())),
-        None => (text, None),
-    };
-    let (host, port) = address.rsplit_once(':').expect("host:port");
-    Member {
-        host: host.to_string(),
-        port: port.parse().expect("port"),
-        instance,
-    }
+    Member::from(&polymur::destination::Identity::parse(text).expect("host:port[=instance]"))
 }
 
 #[test]

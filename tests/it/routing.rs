@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use polymur::config::{ClusterConfig, ClusterMethod, RewriteConfig, RouteConfig};
+use polymur::destination::Identity;
 use polymur::router::hash::carbon::{CarbonMethod, CarbonRing};
 use polymur::router::hash::Member;
 
@@ -40,6 +41,24 @@ fn members(addresses: &[SocketAddr]) -> Vec<String> {
         .collect()
 }
 
+/// carbon's `carbon_ch` ring over the [`members`] of `addresses`: where the relay must send each path.
+fn carbon_ring(addresses: &[SocketAddr]) -> CarbonRing {
+    let ring_members: Vec<Member> = members(addresses)
+        .iter()
+        .map(|member| Member::from(&Identity::parse(member).unwrap()))
+        .collect();
+    CarbonRing::new(CarbonMethod::CarbonCh, &ring_members, true)
+}
+
+/// Three counting sinks.
+async fn three_sinks() -> [Sink; 3] {
+    [
+        Sink::start().await,
+        Sink::start().await,
+        Sink::start().await,
+    ]
+}
+
 async fn relay_with_cluster(method: ClusterMethod, addresses: &[SocketAddr]) -> TestRelay {
     let mut config = support::config(&[]);
     let members = members(addresses);
@@ -50,11 +69,7 @@ async fn relay_with_cluster(method: ClusterMethod, addresses: &[SocketAddr]) -> 
 
 #[tokio::test]
 async fn a_carbon_ch_cluster_sends_each_line_to_the_member_carbons_ring_names() {
-    let sinks = [
-        Sink::start().await,
-        Sink::start().await,
-        Sink::start().await,
-    ];
+    let sinks = three_sinks().await;
     let relay = relay_with_cluster(ClusterMethod::CarbonCh, &addresses(&sinks)).await;
     let sent = lines("servers.web", 3000);
     send(relay.address(), &joined(&sent)).await;
@@ -63,16 +78,7 @@ async fn a_carbon_ch_cluster_sends_each_line_to_the_member_carbons_ring_names() 
     })
     .await;
 
-    let ring_members: Vec<Member> = sinks
-        .iter()
-        .enumerate()
-        .map(|(index, sink)| Member {
-            host: "127.0.0.1".to_string(),
-            port: sink.address().port(),
-            instance: Some(format!("m{index}")),
-        })
-        .collect();
-    let ring = CarbonRing::new(CarbonMethod::CarbonCh, &ring_members, true);
+    let ring = carbon_ring(&addresses(&sinks));
     let mut expected: Vec<Vec<String>> = vec![Vec::new(); sinks.len()];
     let mut chosen = Vec::new();
     for line in &sent {
@@ -179,11 +185,7 @@ async fn deliver(relay: &TestRelay, sent: &[String], sinks: &[&Sink]) -> HashMap
 
 #[tokio::test]
 async fn any_of_hands_a_killed_members_lines_to_the_others_and_takes_it_back_when_it_returns() {
-    let sinks = [
-        Sink::start().await,
-        Sink::start().await,
-        Sink::start().await,
-    ];
+    let sinks = three_sinks().await;
     let relay = relay_with_cluster(ClusterMethod::AnyOf, &addresses(&sinks)).await;
     let [first, second, third] = sinks;
     let returning_address = second.address();
@@ -549,11 +551,7 @@ async fn a_reload_that_would_take_the_spools_past_their_total_is_refused() {
 
 #[tokio::test]
 async fn a_reload_that_grows_a_hash_cluster_moves_only_what_the_new_ring_moves() {
-    let sinks = [
-        Sink::start().await,
-        Sink::start().await,
-        Sink::start().await,
-    ];
+    let sinks = three_sinks().await;
     let config = |n_members: usize| {
         let mut config = support::config(&[]);
         let members = members(&addresses(&sinks)[..n_members]);
@@ -561,18 +559,7 @@ async fn a_reload_that_grows_a_hash_cluster_moves_only_what_the_new_ring_moves()
         config.clusters = vec![ClusterConfig::new("c", ClusterMethod::CarbonCh, &members)];
         config
     };
-    let ring = |n_members: usize| {
-        let ring_members: Vec<Member> = sinks[..n_members]
-            .iter()
-            .enumerate()
-            .map(|(index, sink)| Member {
-                host: "127.0.0.1".to_string(),
-                port: sink.address().port(),
-                instance: Some(format!("m{index}")),
-            })
-            .collect();
-        CarbonRing::new(CarbonMethod::CarbonCh, &ring_members, true)
-    };
+    let ring = |n_members: usize| carbon_ring(&addresses(&sinks)[..n_members]);
     let mut relay = TestRelay::start(config(2)).await;
     let sink_refs: Vec<&Sink> = sinks.iter().collect();
     let before = lines("grow.before", 2000);

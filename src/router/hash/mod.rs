@@ -45,6 +45,16 @@ pub struct Member {
     pub instance: Option<String>,
 }
 
+impl From<&crate::destination::Identity> for Member {
+    fn from(identity: &crate::destination::Identity) -> Member {
+        Member {
+            host: identity.host().to_string(),
+            port: identity.port(),
+            instance: identity.instance().map(str::to_string),
+        }
+    }
+}
+
 /// One entry of a ring in ring order, as a ring dump lists it: a position and the member that holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RingEntry {

@@ -137,14 +137,7 @@ members = ["10.0.0.10:2004", "10.0.0.8:2004", "10.0.0.9:2004=x", "10.0.0.9:2005=
         "10.0.0.9:2005=y",
     ]
     .iter()
-    .map(|text| {
-        let identity = Identity::parse(text).unwrap();
-        Member {
-            host: identity.host().to_string(),
-            port: identity.port(),
-            instance: identity.instance().map(str::to_string),
-        }
-    })
+    .map(|text| Member::from(&Identity::parse(text).unwrap()))
     .collect();
     let ring = CarbonRing::new(CarbonMethod::CarbonCh, &members, true);
     let mut scratch = Scratch::default();
@@ -440,14 +433,7 @@ fn each_method_and_flavour_builds_the_ring_it_names() {
     let members_text = ["10.0.0.1:2004=a", "10.0.0.2:2004=b", "10.0.0.3:2004=c"];
     let members: Vec<Member> = members_text
         .iter()
-        .map(|text| {
-            let identity = Identity::parse(text).unwrap();
-            Member {
-                host: identity.host().to_string(),
-                port: identity.port(),
-                instance: identity.instance().map(str::to_string),
-            }
-        })
+        .map(|text| Member::from(&Identity::parse(text).unwrap()))
         .collect();
     type MembersFor = Box<dyn Fn(&[u8], &mut Vec<usize>)>;
     let cases: [(&str, &str, MembersFor); 5] = [
