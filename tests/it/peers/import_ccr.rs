@@ -175,7 +175,7 @@ fn compare(ccr_config: &str, paths: &[String]) -> usize {
 
 /// A target as compared: `cluster=member,member` (all members for forward and hash clusters, the first for
 /// failover, none for any_of), `blackhole` or `-`.
-fn normalise(targets: &[(String, Vec<String>)], methods: &HashMap<String, String>) -> Vec<String> {
+fn normalise(targets: &[Target], methods: &HashMap<String, String>) -> Vec<String> {
     targets
         .iter()
         .map(|(cluster, members)| {
@@ -205,7 +205,11 @@ fn cluster_methods(ccr_config: &str) -> HashMap<String, String> {
         .collect()
 }
 
-type Routed = (String, Vec<(String, Vec<String>)>);
+/// A cluster (or `blackhole`, `-`) and the members it printed.
+type Target = (String, Vec<String>);
+
+/// A path and its targets.
+type Routed = (String, Vec<Target>);
 
 /// `polymur -test-routes` output: `PATH\tcluster=member,... ...`, `blackhole` or `-`.
 fn polymur_routes(output: &str) -> Vec<Routed> {
@@ -234,7 +238,7 @@ fn polymur_routes(output: &str) -> Vec<Routed> {
 fn carbon_c_relay_routes(output: &str) -> Vec<Routed> {
     let mut routed: Vec<Routed> = Vec::new();
     // The path being read, whether a match block was seen for it, and its targets.
-    let mut current: Option<(String, bool, Vec<(String, Vec<String>)>)> = None;
+    let mut current: Option<(String, bool, Vec<Target>)> = None;
     let mut lines = output.lines().peekable();
     let path_after_arrow = |line: &str| line.rsplit_once("-> ").map(|(_, path)| path.to_string());
     while let Some(line) = lines.next() {
