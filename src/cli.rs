@@ -7,8 +7,9 @@
 //!
 //! The seed's flags are a shorthand for config keys: [`Cli::into_config`] loads the file named by `-c` (or the
 //! defaults), applies the flags on top (a flag beats the file), and validates the result, so the rest of the code
-//! sees one [`Config`]. Process flags (`-c`, `-t`, and the config inspections `-test-routes`, `-ring-dump`,
-//! `-ring-diff` of [`inspect`](crate::inspect)) are not config and are returned as a [`Mode`].
+//! sees one [`Config`]. Process flags (`-c`, `-t`, the config inspections `-test-routes`, `-ring-dump`,
+//! `-ring-diff` of [`inspect`](crate::inspect), and `-import-ccr` of [`import_ccr`](crate::import_ccr)) are not
+//! config and are returned as a [`Mode`].
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -31,7 +32,7 @@ use crate::inspect::Tool;
                   -listen-port=2003, -listen-port 2003, -console-out, -console-out=false.\n\
                   Flags override the config file; config/polymur.toml documents every key.",
     args_override_self = true,
-    group(ArgGroup::new("mode").args(["check", "test_routes", "ring_dump", "ring_diff"]))
+    group(ArgGroup::new("mode").args(["check", "test_routes", "ring_dump", "ring_diff", "import_ccr"]))
 )]
 pub struct Cli {
     /// TOML config file; flags override its values.
@@ -61,6 +62,16 @@ pub struct Cli {
     /// then exit.
     #[arg(long, value_name = "OTHER_FILE", value_parser = OsStringValueParser::new().map(PathBuf::from))]
     pub ring_diff: Option<PathBuf>,
+
+    /// Read carbon-c-relay config FILE and print the equivalent polymur config (clusters, routes, rewrites), then
+    /// exit.
+    #[arg(
+        long,
+        value_name = "FILE",
+        value_parser = OsStringValueParser::new().map(PathBuf::from),
+        conflicts_with = "config_path"
+    )]
+    pub import_ccr: Option<PathBuf>,
 
     /// Print every relayed line to stdout [config: log.console_out].
     #[arg(
@@ -153,6 +164,8 @@ pub enum Mode {
     Check,
     /// Answer a question about the configuration (`-test-routes`, `-ring-dump`, `-ring-diff`) and exit.
     Inspect(Tool),
+    /// Translate the carbon-c-relay config at this path (`-import-ccr`), print it and exit.
+    ImportCcr(PathBuf),
 }
 
 /// Rewrites Go-style single-dash long flags, then parses the command line (the first item is the program name).
@@ -190,7 +203,9 @@ impl Cli {
     /// The [`config::Error`] of loading a file or of [`Config::validate`].
     pub fn into_config(self) -> Result<(Config, Mode), config::Error> {
         let config = self.load(self.config_path.as_deref())?;
-        let mode = if self.check {
+        let mode = if let Some(path) = &self.import_ccr {
+            Mode::ImportCcr(path.clone())
+        } else if self.check {
             Mode::Check
         } else if self.test_routes == Some(true) {
             Mode::Inspect(Tool::TestRoutes)
@@ -622,6 +637,21 @@ mod tests {
         check_usage_error(&["-t", "-test-routes"], "cannot be used with");
         check_usage_error(&["-ring-dump=a", "-ring-diff=b"], "cannot be used with");
         check_usage_error(&["-ring-dump"], "ring-dump");
+    }
+
+    #[test]
+    fn import_ccr_gives_its_mode_and_takes_no_config_file() {
+        let mode_of = |args: &[&str]| config_of(args).map(|(_, mode)| mode);
+        assert_eq!(
+            mode_of(&["-import-ccr", "relay.conf"]),
+            Ok(Mode::ImportCcr(PathBuf::from("relay.conf")))
+        );
+        assert_eq!(
+            mode_of(&["-import-ccr=relay.conf"]),
+            Ok(Mode::ImportCcr(PathBuf::from("relay.conf")))
+        );
+        check_usage_error(&["-import-ccr", "a", "-c", "b"], "cannot be used with");
+        check_usage_error(&["-import-ccr", "a", "-t"], "cannot be used with");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The `polymur` binary: parse the command line, build the config, start the relay, wait for a signal, drain; or,
-//! for `-t` and the config inspections (`-test-routes`, `-ring-dump`, `-ring-diff`), answer and exit.
+//! for `-t`, the config inspections (`-test-routes`, `-ring-dump`, `-ring-diff`) and `-import-ccr`, answer and exit.
 //!
 //! Exit codes: 0 after a requested shutdown (lines lost during it are logged and counted by the relay, not hidden
 //! here), 1 on a runtime failure such as a listener that cannot bind, 64 on a usage error (also a `-ring-dump` of a
-//! cluster the config lacks), 78 on a bad config (also for `-t` and the inspections).
+//! cluster the config lacks), 78 on a bad config (also for `-t` and the inspections, and for a carbon-c-relay config
+//! that `-import-ccr` cannot read or translate).
 
 use std::io::IsTerminal as _;
 use std::process::ExitCode;
@@ -49,6 +50,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Mode::Inspect(tool) => return run_inspection(&tool, &config),
+        Mode::ImportCcr(path) => return run_import(&path),
     }
 
     init_logging(&config);
@@ -121,6 +123,23 @@ fn run_inspection(tool: &Tool, config: &Config) -> ExitCode {
                 inspect::Error::Config(_) => ExitCode::from(EXIT_CONFIG),
                 inspect::Error::Io(_) => ExitCode::FAILURE,
             }
+        }
+    }
+}
+
+/// Prints the polymur config translated from the carbon-c-relay config at `path`, and what it skipped on stderr.
+fn run_import(path: &std::path::Path) -> ExitCode {
+    match polymur::import_ccr::import_file(path) {
+        Ok(imported) => {
+            for note in &imported.notes {
+                eprintln!("polymur: not imported: {note}");
+            }
+            print!("{}", imported.toml);
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("polymur: {}: {err}", path.display());
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

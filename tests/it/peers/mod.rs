@@ -10,6 +10,7 @@
 mod carbon_c_relay;
 mod carbon_cache;
 mod collectd;
+mod import_ccr;
 mod statsd;
 
 use std::io::{BufRead, BufReader};
