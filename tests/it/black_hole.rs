@@ -129,6 +129,11 @@ fn lines_whose_acknowledgements_were_lost_are_resent_and_every_duplicate_is_coun
             destination.queued_lines.load(Ordering::Relaxed) == 0
         })
         .await;
+        // Acknowledged by the sink's kernel is not yet read by the sink: wait for its reader too.
+        eventually("the sink read the lines sent again", || {
+            sink.n_lines() >= N_BEFORE + 2 * N_DURING
+        })
+        .await;
         let received = sink.lines();
         let distinct: BTreeSet<String> = received.iter().cloned().collect();
         let expected: BTreeSet<String> = sorted(&[before, during].concat()).into_iter().collect();
