@@ -15,8 +15,9 @@ use crate::destination::Identity;
 mod routing;
 
 pub use routing::{
-    moves_lines, replacement_template, ClusterConfig, ClusterMethod, DestinationPlan, Flavour,
-    ResolvedCluster, RewriteConfig, RouteConfig, BLACKHOLE, DEFAULT_CLUSTER,
+    compile_replacement, replacement_template, ClusterConfig, ClusterMethod, DestinationPlan,
+    Flavour, ReplacementPart, ResolvedCluster, RewriteConfig, RouteConfig, BLACKHOLE,
+    DEFAULT_CLUSTER,
 };
 
 /// Why a configuration could not be loaded or is not usable.

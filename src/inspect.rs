@@ -367,8 +367,6 @@ struct LineBuffers {
     synthesised: Vec<u8>,
     /// Where [`line::check`] writes a normal form.
     checked: BytesMut,
-    /// The line after a rewrite, before it is checked again.
-    rewritten: Vec<u8>,
     /// The line as the relay would send it, without its LF.
     normal: Vec<u8>,
 }
@@ -436,21 +434,19 @@ fn prepare<'b>(
         return Outcome::Invalid(reason);
     }
     if table.has_rewrites() {
-        let path_end = path_len(&buffers.normal);
-        if let Some(new_path) = table.rewrite(&buffers.normal[..path_end], scratch) {
-            buffers.rewritten.clear();
-            buffers.rewritten.extend_from_slice(new_path);
-            buffers
-                .rewritten
-                .extend_from_slice(&buffers.normal[path_end..]);
-            if let Err(reason) = normalise(
-                &buffers.rewritten,
-                rules,
-                &mut buffers.checked,
-                &mut buffers.normal,
-            ) {
-                return Outcome::Invalid(reason);
+        buffers.checked.clear();
+        match table.rewrite_line(&buffers.normal, rules, scratch, &mut buffers.checked) {
+            Ok(false) => {}
+            Ok(true) => {
+                buffers.normal.clear();
+                buffers.normal.extend_from_slice(
+                    buffers
+                        .checked
+                        .strip_suffix(b"\n")
+                        .unwrap_or(&buffers.checked),
+                );
             }
+            Err(reason) => return Outcome::Invalid(reason),
         }
     }
     Outcome::Path(&buffers.normal[..path_len(&buffers.normal)])

@@ -191,6 +191,15 @@ impl ClusterConfig {
         })
     }
 
+    /// Whether the cluster moves what a member that is out holds queued to its other members: `any_of`, `failover`
+    /// and `dynamic` hash clusters of replication 1. With more replicas, the other replicas of a queued line already
+    /// have it, and the member that would stand in for the out one cannot be told from one that has it too: its
+    /// queued lines wait for it, while new lines go to the members up.
+    pub fn moves_lines(&self) -> bool {
+        matches!(self.method, ClusterMethod::AnyOf | ClusterMethod::Failover)
+            || (self.method.is_hash() && self.dynamic && self.replication == 1)
+    }
+
     /// Whether replicas go to distinct hosts (carbon flavour hash clusters; default true).
     pub fn diverse_replicas(&self) -> bool {
         self.diverse_replicas.unwrap_or(true)
@@ -356,7 +365,7 @@ impl Config {
         // A member of a cluster that moves lines between members (any_of, failover, dynamic) has its queue emptied
         // into the others while it is out: a queue shared with another cluster would hand that cluster's lines over.
         for resolved in &clusters {
-            if !moves_lines(&resolved.config) {
+            if !resolved.config.moves_lines() {
                 continue;
             }
             for other in clusters
@@ -423,11 +432,11 @@ impl Config {
             };
             let regex = regex::bytes::Regex::new(&rewrite.pattern)
                 .map_err(|err| invalid(err.to_string()))?;
-            let template = replacement_template(&rewrite.replace);
-            if template.is_empty() {
+            if rewrite.replace.is_empty() {
                 return Err(invalid("replace must not be empty".to_string()));
             }
-            if template
+            if rewrite
+                .replace
                 .contains(|character: char| character.is_whitespace() || character.is_control())
             {
                 return Err(invalid(
@@ -435,18 +444,10 @@ impl Config {
                         .to_string(),
                 ));
             }
-            check_replacement_groups(&regex, &template).map_err(invalid)?;
+            compile_replacement(&regex, &rewrite.replace).map_err(invalid)?;
         }
         Ok(())
     }
-}
-
-/// Whether a cluster moves an unreachable member's lines to other members.
-pub fn moves_lines(cluster: &ClusterConfig) -> bool {
-    matches!(
-        cluster.method,
-        ClusterMethod::AnyOf | ClusterMethod::Failover
-    ) || (cluster.method.is_hash() && cluster.dynamic)
 }
 
 fn cluster_error(cluster: &ClusterConfig, message: &str) -> Error {
@@ -540,16 +541,38 @@ fn validate_cluster(cluster: &ClusterConfig, destinations_empty: bool) -> Result
     Ok(())
 }
 
-/// Refuses a replacement naming a group the regex does not have: `regex` would silently write nothing for it.
-fn check_replacement_groups(regex: &regex::bytes::Regex, template: &str) -> Result<(), String> {
+/// One piece of a compiled replacement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplacementPart {
+    /// Bytes written as they are.
+    Literal(Vec<u8>),
+    /// The text of capture group N (empty when it did not take part in the match).
+    Group(usize),
+}
+
+/// Compiles a rewrite's `replace` against its regex: literal bytes and group indices (`$1`, `${1}`, `${name}`, `$$`,
+/// and carbon-c-relay's `\1`).
+///
+/// # Errors
+///
+/// A `${` without its `}`, or a group the regex does not have: `regex` would silently write nothing for it.
+pub fn compile_replacement(
+    regex: &regex::bytes::Regex,
+    replace: &str,
+) -> Result<Vec<ReplacementPart>, String> {
+    let template = replacement_template(replace);
     let bytes = template.as_bytes();
+    let mut parts = Vec::new();
+    let mut literal = Vec::new();
     let mut index = 0;
     while index < bytes.len() {
         if bytes[index] != b'$' {
+            literal.push(bytes[index]);
             index += 1;
             continue;
         }
         if bytes.get(index + 1) == Some(&b'$') {
+            literal.push(b'$');
             index += 2;
             continue;
         }
@@ -564,17 +587,26 @@ fn check_replacement_groups(regex: &regex::bytes::Regex, template: &str) -> Resu
                 .map_or(template.len(), |end| index + 1 + end);
             (&template[index + 1..end], end)
         };
-        let known = match name.parse::<usize>() {
-            Ok(group) => group < regex.captures_len(),
-            Err(_) => regex.capture_names().any(|group| group == Some(name)),
+        let group = match name.parse::<usize>() {
+            Ok(group) => (group < regex.captures_len()).then_some(group),
+            Err(_) => regex
+                .capture_names()
+                .position(|group_name| group_name == Some(name)),
         };
-        if !known {
+        let Some(group) = group else {
             return Err(format!(
                 "replace names group {name:?}, which the regex does not have (write ${{1}}x, not $1x, before a \
                  letter or digit)"
             ));
+        };
+        if !literal.is_empty() {
+            parts.push(ReplacementPart::Literal(std::mem::take(&mut literal)));
         }
+        parts.push(ReplacementPart::Group(group));
         index = next;
     }
-    Ok(())
+    if !literal.is_empty() {
+        parts.push(ReplacementPart::Literal(literal));
+    }
+    Ok(parts)
 }

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use super::hash::md5_lanes::md5_positions;
 use super::table::{Decision, Liveness, RoutingTable, Scratch};
 use crate::batch::Batch;
-use crate::line::{self, Rules, Valid};
+use crate::line::Rules;
 use crate::stats::Registry;
 
 thread_local! {
@@ -84,8 +84,6 @@ pub struct Routed {
     targets: Vec<usize>,
     /// Normal forms of rewritten lines, LF-terminated.
     rewritten: BytesMut,
-    /// A rewritten line being put together.
-    line: Vec<u8>,
     n_bytes: Vec<usize>,
     n_lines: Vec<u32>,
     /// Each line's MD5 ring position, when a ring of the table uses them.
@@ -138,26 +136,24 @@ impl Routed {
             let path_end = memchr::memchr(b' ', line).unwrap_or(line.len() - 1);
             route.path_len = path_end;
             if table.has_rewrites() && within.is_none() {
-                if let Some(new_path) = table.rewrite(&line[..path_end], &mut self.scratch) {
-                    self.line.clear();
-                    self.line.extend_from_slice(new_path);
-                    self.line.extend_from_slice(&line[path_end..line.len() - 1]);
-                    let start = self.rewritten.len();
-                    match line::check(&self.line, rules, &mut self.rewritten) {
-                        Ok(Valid::AsIs(_)) => {
-                            self.rewritten.extend_from_slice(&self.line);
-                            self.rewritten.extend_from_slice(b"\n");
-                        }
-                        Ok(Valid::Rewritten(_)) => {}
-                        Err(_) => {
-                            counts.rewrite_invalid += 1;
-                            continue;
-                        }
+                let start = self.rewritten.len();
+                match table.rewrite_line(
+                    &line[..line.len() - 1],
+                    rules,
+                    &mut self.scratch,
+                    &mut self.rewritten,
+                ) {
+                    Ok(false) => {}
+                    Ok(true) => {
+                        route.bytes = start..self.rewritten.len();
+                        route.rewritten_line = true;
+                        let line = &self.rewritten[route.bytes.clone()];
+                        route.path_len = memchr::memchr(b' ', line).unwrap_or(line.len() - 1);
                     }
-                    route.bytes = start..self.rewritten.len();
-                    route.rewritten_line = true;
-                    let line = &self.rewritten[route.bytes.clone()];
-                    route.path_len = memchr::memchr(b' ', line).unwrap_or(line.len() - 1);
+                    Err(_) => {
+                        counts.rewrite_invalid += 1;
+                        continue;
+                    }
                 }
             }
             self.lines.push(route);

@@ -10,6 +10,7 @@
 //! route that matches, until one with `stop`; each target cluster picks its members by its method. A destination
 //! named by several targets gets the line once.
 
+use bytes::BytesMut;
 use regex::bytes::{CaptureLocations, Regex};
 use tracing::warn;
 
@@ -17,9 +18,11 @@ use super::hash::carbon::{CarbonMethod, CarbonRing};
 use super::hash::ccr::{CcrMethod, CcrRing};
 use super::hash::{md5_position, Member, Position};
 use crate::config::{
-    replacement_template, ClusterMethod, Config, Error, Flavour, ResolvedCluster, BLACKHOLE,
+    compile_replacement, ClusterMethod, Config, Error, Flavour, ReplacementPart, ResolvedCluster,
+    BLACKHOLE,
 };
 use crate::destination::{Health, Identity};
+use crate::line::{self, Invalid, Rules, Valid};
 
 /// Numbers routing tables, so that a [`Scratch`] notices a new one.
 static NEXT_TABLE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -80,6 +83,7 @@ pub struct Cluster {
     ring: Option<Ring>,
     replication: usize,
     dynamic: bool,
+    moves_lines: bool,
 }
 
 /// A hash cluster's ring.
@@ -95,13 +99,7 @@ pub enum Ring {
 struct Rewrite {
     regex: Regex,
     /// The replacement, split into literal bytes and group references.
-    parts: Vec<Part>,
-}
-
-#[derive(Debug)]
-enum Part {
-    Literal(Vec<u8>),
-    Group(usize),
+    parts: Vec<ReplacementPart>,
 }
 
 #[derive(Debug)]
@@ -149,6 +147,8 @@ pub struct Scratch {
     table_id: u64,
     rewritten: Vec<u8>,
     other: Vec<u8>,
+    /// A rewritten line being put together.
+    line: Vec<u8>,
     /// The MD5 ring position of the next path routed, computed beforehand with the other paths of its batch
     /// ([`super::hash::md5_lanes`]): the path's address and length, and its position. Used only for that very slice.
     md5_hint: Option<(usize, usize, u16)>,
@@ -228,7 +228,8 @@ impl RoutingTable {
         for rewrite in &config.rewrites {
             let regex =
                 Regex::new(&rewrite.pattern).map_err(|err| invalid("rewrite", err.to_string()))?;
-            let parts = parse_template(&regex, &replacement_template(&rewrite.replace));
+            let parts = compile_replacement(&regex, &rewrite.replace)
+                .map_err(|message| invalid("rewrite", message))?;
             rewrites.push(Rewrite { regex, parts });
         }
         let sends_everything_everywhere = rewrites.is_empty()
@@ -297,8 +298,8 @@ impl RoutingTable {
             scratch.other.extend_from_slice(&input[..match_start]);
             for part in &rewrite.parts {
                 match part {
-                    Part::Literal(bytes) => scratch.other.extend_from_slice(bytes),
-                    Part::Group(group) => {
+                    ReplacementPart::Literal(bytes) => scratch.other.extend_from_slice(bytes),
+                    ReplacementPart::Group(group) => {
                         if let Some((start, end)) = locations.get(*group) {
                             scratch.other.extend_from_slice(&input[start..end]);
                         }
@@ -310,6 +311,39 @@ impl RoutingTable {
             changed = true;
         }
         changed.then_some(scratch.rewritten.as_slice())
+    }
+
+    /// Applies the rewrites to `line` (one line in normal form, without its LF) and checks the result as the relay
+    /// checks a line. `Ok(false)`: no rewrite matched, and nothing was written. `Ok(true)`: the rewritten line's
+    /// normal form, LF-terminated, was appended to `out`.
+    ///
+    /// # Errors
+    ///
+    /// The reason the rewritten line is invalid; `out` is then unchanged.
+    pub fn rewrite_line(
+        &self,
+        line: &[u8],
+        rules: &Rules,
+        scratch: &mut Scratch,
+        out: &mut BytesMut,
+    ) -> Result<bool, Invalid> {
+        let path_end = memchr::memchr(b' ', line).unwrap_or(line.len());
+        if self.rewrite(&line[..path_end], scratch).is_none() {
+            return Ok(false);
+        }
+        let Scratch {
+            rewritten,
+            line: rewritten_line,
+            ..
+        } = scratch;
+        rewritten_line.clear();
+        rewritten_line.extend_from_slice(rewritten);
+        rewritten_line.extend_from_slice(&line[path_end..]);
+        if let Valid::AsIs(_) = line::check(rewritten_line, rules, out)? {
+            out.extend_from_slice(rewritten_line);
+            out.extend_from_slice(b"\n");
+        }
+        Ok(true)
     }
 
     /// Routes `path` (already rewritten): calls `visit` for each target of each matching route, with the members
@@ -408,13 +442,10 @@ impl Cluster {
 }
 
 impl Cluster {
-    /// Whether the cluster moves what a member that is out holds queued to its other members: `any_of`, `failover`
-    /// and `dynamic` hash clusters of replication 1. With more replicas, the other replicas of a queued line already
-    /// have it, and the member that would stand in for the out one cannot be told from one that has it too: its
-    /// queued lines wait for it, while new lines go to the members up.
+    /// Whether the cluster moves what a member that is out holds queued to its other members
+    /// ([`crate::config::ClusterConfig::moves_lines`]).
     pub fn moves_lines(&self) -> bool {
-        matches!(self.method, ClusterMethod::AnyOf | ClusterMethod::Failover)
-            || (self.method.is_hash() && self.dynamic && self.replication == 1)
+        self.moves_lines
     }
 
     fn new(resolved: &ResolvedCluster, identities: &[&Identity]) -> Cluster {
@@ -465,6 +496,7 @@ impl Cluster {
             ring,
             replication: config.replication,
             dynamic: config.dynamic,
+            moves_lines: config.moves_lines(),
         }
     }
 
@@ -521,13 +553,10 @@ impl Cluster {
 impl Ring {
     /// The ring position of `path`; an MD5 position comes from `md5_hint` when it is for this very slice.
     fn path_position(&self, path: &[u8], md5_hint: Option<(usize, usize, u16)>) -> Position {
+        if self.uses_md5() {
+            return Position::from(md5_position_of(path, md5_hint));
+        }
         match self {
-            Ring::Carbon(ring) if ring.position_is_expensive() => {
-                Position::from(md5_position_of(path, md5_hint))
-            }
-            Ring::Ccr(ring) if ring.position_is_expensive() => {
-                Position::from(md5_position_of(path, md5_hint))
-            }
             Ring::Carbon(ring) => ring.path_position(path),
             Ring::Ccr(ring) => ring.path_position(path),
         }
@@ -572,60 +601,6 @@ fn covers_every_destination(routes: &[Route], clusters: &[Cluster], n_destinatio
         }
     }
     seen.iter().all(|&count| count == 1)
-}
-
-/// Splits a replacement template (`$1`, `${1}`, `${name}`, `$$`) into parts, resolving group names to indices.
-/// Validation has refused names the regex does not have.
-fn parse_template(regex: &Regex, template: &str) -> Vec<Part> {
-    let mut parts = Vec::new();
-    let mut literal = Vec::new();
-    let bytes = template.as_bytes();
-    let mut index = 0;
-    while index < bytes.len() {
-        if bytes[index] != b'$' {
-            literal.push(bytes[index]);
-            index += 1;
-            continue;
-        }
-        if bytes.get(index + 1) == Some(&b'$') {
-            literal.push(b'$');
-            index += 2;
-            continue;
-        }
-        let (name, next) = if bytes.get(index + 1) == Some(&b'{') {
-            match template[index + 2..].find('}') {
-                Some(end) => (&template[index + 2..index + 2 + end], index + 3 + end),
-                None => {
-                    literal.extend_from_slice(&bytes[index..]);
-                    break;
-                }
-            }
-        } else {
-            let end = template[index + 1..]
-                .find(|character: char| !(character.is_ascii_alphanumeric() || character == '_'))
-                .map_or(template.len(), |end| index + 1 + end);
-            (&template[index + 1..end], end)
-        };
-        let group = name.parse::<usize>().ok().or_else(|| {
-            regex
-                .capture_names()
-                .position(|group_name| group_name == Some(name))
-        });
-        match group {
-            Some(group) => {
-                if !literal.is_empty() {
-                    parts.push(Part::Literal(std::mem::take(&mut literal)));
-                }
-                parts.push(Part::Group(group));
-            }
-            None => literal.extend_from_slice(&bytes[index..next]),
-        }
-        index = next;
-    }
-    if !literal.is_empty() {
-        parts.push(Part::Literal(literal));
-    }
-    parts
 }
 
 /// 64-bit FNV-1a over bytes as unsigned (the textbook one): `any_of`'s spread, which has no compatibility to keep.
